@@ -1,0 +1,93 @@
+"""The tutorial's input pipeline, kept as the reference row that the zoo's speed is measured against.
+
+    python -m bench.tutorial --batches 200     # measure its training throughput on this machine
+
+What it reproduces: torchvision's MNIST dataset with per-sample PIL -> ToTensor -> Normalize transforms, fed by a
+DataLoader with 4 worker processes and batch 32, into SGD lr 0.1. What it does not copy: the tutorial's Softmax
+before CrossEntropyLoss (we train on logits here too, so the comparison is of the pipeline alone) and its
+"testing accuracy" measured on the training set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from mnist_zoo.data import MEAN, SPLITS, STD, fetch
+from mnist_zoo.models import get_model
+
+BATCH_SIZE, WORKERS, LR = 32, 4, 0.1
+
+
+def _torchvision_root(data_dir: str | None) -> Path:
+    """torchvision's MNIST wants <root>/MNIST/raw/<files>: link the verified files into such a tree."""
+    source = fetch(data_dir)
+    root = Path(tempfile.gettempdir()) / "mnist-zoo-tutorial"
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for images, labels, _ in SPLITS.values():
+        for name in (images, labels):
+            link = raw / name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to((source / name).resolve())
+    return root
+
+
+def tutorial_loader(data_dir: str | None = None, seed: int = 0) -> DataLoader:
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    dataset = datasets.MNIST(_torchvision_root(data_dir), train=True, download=False, transform=transform)
+    return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=WORKERS,
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=False)  # fmt: skip
+
+
+def measure(model_name: str = "lenet", batches: int = 200, warmup: int = 20, data_dir: str | None = None,
+            seed: int = 0) -> dict:  # fmt: skip
+    """Train `batches` steps through the tutorial pipeline after `warmup` steps; the rate covers the pipeline
+    end to end (workers decoding PIL images included), which is what a tutorial user waits for."""
+    torch.manual_seed(seed)
+    model = get_model(model_name)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loader = tutorial_loader(data_dir, seed)
+    it = iter(loader)
+    t0 = None
+    for i in range(warmup + batches):
+        if i == warmup:
+            t0 = time.perf_counter()
+        x, y = next(it)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - t0
+    del it  # stop the workers
+    return {"model": model_name, "images": batches * BATCH_SIZE, "seconds": seconds,
+            "images_per_second": batches * BATCH_SIZE / seconds, "batch_size": BATCH_SIZE,
+            "workers": WORKERS, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.tutorial", description=__doc__.split("\n\n")[0],
+                                epilog="example: python -m bench.tutorial --model lenet --batches 200")  # fmt: skip
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--batches", type=int, default=200)
+    p.add_argument("--data-dir")
+    args = p.parse_args(argv)
+    r = measure(args.model, args.batches, data_dir=args.data_dir)
+    print(f"tutorial pipeline, {r['model']}: {r['images_per_second']:.0f} images/s "
+          f"({r['images']} images in {r['seconds']:.1f} s, {r['workers']} workers, {r['threads']} threads)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

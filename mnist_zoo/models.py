@@ -1,0 +1,109 @@
+"""The zoo: the three architectures of the classic tutorial, and a registry in torchvision's style.
+
+    python -m mnist_zoo list                      # the zoo as a table
+    >>> from mnist_zoo.models import get_model, list_models
+    >>> list_models()
+    ['mlp', 'dnn', 'lenet']
+    >>> get_model("lenet")(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+
+Every model takes normalised images [N, 1, 28, 28] (see data.normalize) and returns logits [N, 10]: the softmax
+belongs to prediction time, and CrossEntropyLoss applies its own log-softmax (the tutorial's Softmax layer before
+CrossEntropyLoss is a double softmax that slows and weakens training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mnist_zoo.util import UserError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[[], nn.Module]
+    description: str
+    params: int
+    macs: int  # multiply-adds per image, forward pass
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def count_macs(model: nn.Module) -> int:
+    """Multiply-adds of one forward pass of one image, counted on the layers that do them (conv, linear)."""
+    macs = 0
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs += output.numel() * per_output
+        elif isinstance(module, nn.Linear):
+            macs += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    for h in handles:
+        h.remove()
+    return macs
+
+
+def register_model(name: str, description: str) -> Callable:
+    """Decorator: add a model builder to the zoo under `name`."""
+
+    def wrap(builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        model = builder()
+        params = sum(p.numel() for p in model.parameters())
+        _REGISTRY[name] = ModelInfo(name, builder, description, params, count_macs(model))
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Model names, smallest first (registration order)."""
+    return list(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def get_model(name: str) -> nn.Module:
+    """A freshly initialised model (seed torch first for a reproducible start)."""
+    return model_info(name).builder()
+
+
+@register_model("mlp", "softmax regression: 784 -> 10")
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+
+@register_model("dnn", "one hidden layer: 784 -> 100 -> ReLU -> 10")
+def dnn() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+@register_model("lenet", "conv 1->10 k5, pool, conv 10->20 k5, pool, fc 320->100->10")
+def lenet() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 10, kernel_size=5),  # 28 -> 24
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 24 -> 12
+        nn.Conv2d(10, 20, kernel_size=5),  # 12 -> 8
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 8 -> 4, so 20 * 4 * 4 = 320 features
+        nn.Flatten(),
+        nn.Linear(320, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
