@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,28 +52,46 @@ def tutorial_loader(data_dir: str | None = None, seed: int = 0) -> DataLoader:
                       generator=torch.Generator().manual_seed(seed), persistent_workers=False)  # fmt: skip
 
 
-def measure(model_name: str = "lenet", batches: int = 200, warmup: int = 20, data_dir: str | None = None,
-            seed: int = 0) -> dict:  # fmt: skip
-    """Train `batches` steps through the tutorial pipeline after `warmup` steps; the rate covers the pipeline
-    end to end (workers decoding PIL images included), which is what a tutorial user waits for."""
+def stepper(model_name: str = "lenet", data_dir: str | None = None, seed: int = 0) -> tuple[Callable[[], int], Callable[[], None]]:  # fmt: skip
+    """(step, close): step() trains one batch through the tutorial pipeline (waiting on the workers included)
+    and returns its size; close() stops the workers. For timing step by step (the benchmark's raw samples)."""
     torch.manual_seed(seed)
     model = get_model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    loader = tutorial_loader(data_dir, seed)
-    it = iter(loader)
-    t0 = None
-    for i in range(warmup + batches):
-        if i == warmup:
-            t0 = time.perf_counter()
+    it = iter(tutorial_loader(data_dir, seed))
+
+    def step() -> int:
         x, y = next(it)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    seconds = time.perf_counter() - t0
-    del it  # stop the workers
-    return {"model": model_name, "images": batches * BATCH_SIZE, "seconds": seconds,
-            "images_per_second": batches * BATCH_SIZE / seconds, "batch_size": BATCH_SIZE,
+        return len(y)
+
+    def close() -> None:
+        nonlocal it
+        # Stop the workers now rather than whenever the iterator is garbage-collected.
+        getattr(it, "_shutdown_workers", lambda: None)()
+        it = None
+
+    return step, close
+
+
+def measure(model_name: str = "lenet", batches: int = 200, warmup: int = 20, data_dir: str | None = None,
+            seed: int = 0) -> dict:  # fmt: skip
+    """Train `batches` steps through the tutorial pipeline after `warmup` steps; the rate covers the pipeline
+    end to end (workers decoding PIL images included), which is what a tutorial user waits for."""
+    step, close = stepper(model_name, data_dir, seed)
+    try:
+        for _ in range(warmup):
+            step()
+        t0 = time.perf_counter()
+        images = sum(step() for _ in range(batches))
+        seconds = time.perf_counter() - t0
+    finally:
+        close()
+    return {"model": model_name, "images": images, "seconds": seconds,
+            "images_per_second": images / seconds, "batch_size": BATCH_SIZE,
             "workers": WORKERS, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}  # fmt: skip
 
 

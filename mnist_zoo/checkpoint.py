@@ -1,9 +1,9 @@
 """Checkpoints: a state_dict plus the metadata that says what it is, written atomically, read with weights_only.
 
-    Default place: $MNIST_ZOO_CHECKPOINTS, else <cache>/checkpoints (cache = $XDG_CACHE_HOME/mnist-zoo,
-    default ~/.cache/mnist-zoo), one file per model: lenet.pt, dnn.pt, mlp.pt.
-    >>> from mnist_zoo.checkpoint import load_checkpoint
-    >>> model, meta = load_checkpoint("lenet")      # by model name, or by path
+Default place: $MNIST_ZOO_CHECKPOINTS, else <cache>/checkpoints (cache = $XDG_CACHE_HOME/mnist-zoo,
+default ~/.cache/mnist-zoo), one file per model: lenet.pt, dnn.pt, mlp.pt.
+>>> from mnist_zoo.checkpoint import load_checkpoint
+>>> model, meta = load_checkpoint("lenet")      # by model name, or by path
 """
 
 from __future__ import annotations
@@ -52,8 +52,13 @@ def read_checkpoint(model_or_path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({first[:120]}); delete it and train again") from None
+        if "Weights only load failed" in str(e):
+            first = "it holds objects that weights-only loading refuses to unpickle"
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{path} is not a readable checkpoint ({first[:120]}); delete it and train again"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state_dict" not in payload:
         raise UserError(f"{path} is not an mnist-zoo checkpoint (format {FORMAT!r} expected)")
     meta = payload.get("meta")
@@ -65,7 +70,7 @@ def read_checkpoint(model_or_path: str | Path) -> dict:
 def load_checkpoint(model_or_path: str | Path, expect_model: str | None = None) -> tuple[nn.Module, dict]:
     """(model in eval mode on the CPU, metadata). With expect_model, a checkpoint of another model is an error."""
     path = checkpoint_path(model_or_path)
-    payload = read_checkpoint(path)
+    payload = read_checkpoint(model_or_path)
     meta = payload["meta"]
     if expect_model is not None and meta["model"] != expect_model:
         raise UserError(f"{path} holds a {meta['model']!r} model, not {expect_model!r}")

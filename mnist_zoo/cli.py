@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: python -m mnist_zoo evaluate lenet --json")  # fmt: skip
     p.add_argument("model", help="a zoo model name (its saved checkpoint) or a checkpoint path")
     _common(p)
-    p.add_argument("--seeds", type=int, help="retrain with this many seeds and report mean, std and a 95%% CI")
+    p.add_argument(
+        "--seeds", type=int, help="retrain with this many seeds and report mean, std and a 95%% CI"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("list", help="the zoo as a table", epilog="example: python -m mnist_zoo list")

@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m mnist_zoo.data", description="Find, verify and summarise MNIST.",
         epilog="example: python -m mnist_zoo.data --data-dir ../shared/data/mnist",
     )  # fmt: skip
-    parser.add_argument("--data-dir", help="directory with the IDX files (default: $MNIST_ZOO_DATA, cache, download)")
+    parser.add_argument(
+        "--data-dir", help="directory with the IDX files (default: $MNIST_ZOO_DATA, cache, download)"
+    )
     args = parser.parse_args(argv)
     try:
         for split in SPLITS:

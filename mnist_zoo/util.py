@@ -94,8 +94,8 @@ def environment(device: torch.device | str = "cpu") -> dict:
     import torchvision
 
     return {
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
+        "torch_version": str(torch.__version__),
+        "torchvision_version": str(torchvision.__version__),
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),

@@ -49,7 +49,7 @@ def small_trained(train_split, test_split, tmp_path_factory):
             result = train(name, recipe_for(name, epochs=1), subset, test_split, seed=0)
             meta = {"model": name, "recipe": "default", "epochs": 1, "seed": 0,
                     "test_accuracy": result.final.accuracy, "data_sha256": data.DATA_SHA256,
-                    "torch_version": torch.__version__}  # fmt: skip
+                    "torch_version": str(torch.__version__)}  # fmt: skip
             path = save_checkpoint(result.model, meta, directory / f"{name}.pt")
             cache[name] = (result.model, meta, path)
         return cache[name]

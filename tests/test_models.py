@@ -1,0 +1,56 @@
+"""The zoo's registry and architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_zoo import get_model, list_models, model_info
+from mnist_zoo.util import UserError
+
+
+def test_registry_lists_the_three_models():
+    assert list_models() == ["mlp", "dnn", "lenet"]
+
+
+def test_unknown_model_lists_the_choices():
+    with pytest.raises(UserError, match="unknown model 'resnet'; choose from mlp, dnn, lenet"):
+        get_model("resnet")
+
+
+# Hand-counted: weights + biases, and multiply-adds of conv (outputs x in_ch x k x k) and linear layers.
+@pytest.mark.parametrize(
+    ("name", "params", "macs"),
+    [
+        ("mlp", 784 * 10 + 10, 784 * 10),
+        ("dnn", 784 * 100 + 100 + 100 * 10 + 10, 784 * 100 + 100 * 10),
+        ("lenet", 260 + 5020 + 32100 + 1010, 24 * 24 * 10 * 25 + 8 * 8 * 20 * 250 + 320 * 100 + 100 * 10),
+    ],
+)
+def test_params_and_macs(name, params, macs):
+    info = model_info(name)
+    assert (info.params, info.macs) == (params, macs)
+    assert sum(p.numel() for p in get_model(name).parameters()) == params
+
+
+@pytest.mark.parametrize("name", ["mlp", "dnn", "lenet"])
+def test_shapes_and_logits(name):
+    torch.manual_seed(0)
+    model = get_model(name)
+    for batch in (1, 7):
+        out = model(torch.randn(batch, 1, 28, 28))
+        assert out.shape == (batch, 10)
+    # logits, not probabilities: no softmax inside the model
+    assert not any(isinstance(m, nn.Softmax | nn.LogSoftmax) for m in model.modules())
+    assert not torch.allclose(out.sum(1), torch.ones(7))
+
+
+def test_lenet_layers_are_the_tutorials():
+    convs = [m for m in get_model("lenet").modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (1, 10, (5, 5)),
+        (10, 20, (5, 5)),
+    ]
+    linears = [m for m in get_model("lenet").modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(320, 100), (100, 10)]
