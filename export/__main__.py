@@ -1,0 +1,7 @@
+"""python -m export --help"""
+
+import sys
+
+from export.cli import main
+
+sys.exit(main())

@@ -1,0 +1,329 @@
+"""python -m export: take zoo models out of PyTorch, and prove each artifact answers like its source model.
+
+examples:
+  python -m export lenet --onnx                 # artifacts/lenet.onnx
+  python -m export lenet --torchscript          # artifacts/lenet.pt (TorchScript, for C++ / libtorch)
+  python -m export lenet --all --int8           # .onnx, .pt, .pt2 and the int8 lenet.int8.onnx
+  python -m export all --onnx --out /tmp/zoo    # every model in the zoo
+  python -m export dnn --onnx --opset 18 --softmax --json
+
+Formats: --onnx (.onnx, torch.onnx dynamo exporter), --torchscript (.pt), --pt2 (.pt2, torch.export, the
+successor of TorchScript); --all (also the default when no format is named) writes all three. --int8 adds an
+onnxruntime static QDQ int8 model (.int8.onnx), calibrated on 1,000 training images; it implies --onnx.
+
+Every artifact takes `image` float32 [batch, 1, 28, 28], normalised as (pixel/255 - 0.1307) / 0.3081, and
+returns `logits` [batch, 10] (with --softmax also `probabilities`). The model comes from its checkpoint; a
+model with none is trained first with the default recipe. Each artifact is written to a staging file, run on all
+10,000 test images beside the PyTorch model (top-1 agreement >= 9,999/10,000 and max |logit diff| <= 1e-4 for
+fp32, at batch 1,000 and at batch 1; int8: accuracy drop <= 0.3 points), and only then moved into place,
+atomically.
+
+Exit codes: 0 done; 1 bad input (one line on stderr); 2 bad arguments; 3 an artifact failed verification
+(nothing of that model is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from export import to_onnx
+from export.quantize import calibration_images, quantize_int8
+from export.to_torchscript import export_pt2, export_torchscript, load_pt2, load_torchscript
+from export.verify import (
+    MAX_ABS_DIFF,
+    MAX_INT8_DROP,
+    MIN_AGREEMENT,
+    reference_logits,
+    verify_onnx,
+    verify_torch,
+)
+from mnist_zoo import data
+from mnist_zoo.models import list_models
+from mnist_zoo.util import UserError, environment, fail
+
+DEFAULT_OUT = "artifacts"
+VERIFY_THREADS = 1  # verification is a correctness check, not a benchmark: one thread, deterministic
+EXIT_UNVERIFIED = 3
+# format -> (file suffix, label)
+FORMATS = {
+    "onnx": (".onnx", "ONNX"),
+    "int8": (".int8.onnx", "ONNX int8"),
+    "torchscript": (".pt", "TorchScript"),
+    "pt2": (".pt2", "torch.export"),
+}
+
+# Piped or captured output gets a width that holds the whole table; a terminal keeps its own width.
+out = Console(width=None if sys.stdout.isatty() else 130)
+err = Console(stderr=True)
+
+
+class Unverified(Exception):
+    """An artifact was written but failed verification; the message says which figure."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help=f"one or more of: {', '.join(list_models())}, or all"
+    )
+    p.add_argument("--onnx", action="store_true", help="write MODEL.onnx")
+    p.add_argument("--torchscript", action="store_true", help="write MODEL.pt (TorchScript)")
+    p.add_argument("--pt2", action="store_true", help="write MODEL.pt2 (torch.export)")
+    p.add_argument("--all", action="store_true", help="all three formats (the default when none is named)")
+    p.add_argument(
+        "--int8", action="store_true", help="also MODEL.int8.onnx, static int8 QDQ (implies --onnx)"
+    )
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT}/)")
+    p.add_argument(
+        "--opset", type=int, help=f"ONNX opset (default: the exporter's recommended, {to_onnx.DEFAULT_OPSET})"
+    )
+    p.add_argument(
+        "--softmax", action="store_true", help="add a `probabilities` output (softmax of the logits)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=VERIFY_THREADS,
+        help=f"threads for verification runs, torch and onnxruntime (default: {VERIFY_THREADS})",
+    )
+    p.add_argument("--data-dir", help="MNIST directory (default: $MNIST_ZOO_DATA, then cache, download, npm)")
+    p.add_argument("--no-progress", action="store_true", help="no training progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
+    return p
+
+
+def _models(names: list[str]) -> list[str]:
+    if "all" in names:
+        return list_models()
+    for name in names:
+        if name not in list_models():
+            raise UserError(f"unknown model {name!r}; choose from {', '.join(list_models())} (or all)")
+    return list(dict.fromkeys(names))
+
+
+def _formats(args: argparse.Namespace) -> list[str]:
+    chosen = [f for f in ("onnx", "torchscript", "pt2") if getattr(args, f)]
+    if args.all or not chosen:
+        chosen = ["onnx", "torchscript", "pt2"]
+    if args.int8:  # int8 is made from, and judged beside, the fp32 file
+        chosen = list(dict.fromkeys(["onnx", *chosen, "int8"]))
+    if args.opset is not None and "onnx" not in chosen:
+        raise UserError("--opset applies to ONNX; add --onnx")
+    return chosen
+
+
+def _out_dir(path: str) -> Path:
+    """The output directory, created if only it is missing; checked writable before any training or export."""
+    out_dir = Path(path).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is not a directory")
+    if not out_dir.exists():
+        parent = out_dir.absolute().parent
+        if not parent.is_dir():
+            raise UserError(f"--out {out_dir}: parent directory {parent} does not exist")
+        try:
+            out_dir.mkdir()
+        except OSError as e:
+            raise UserError(f"--out {out_dir}: cannot create it ({e.strerror or e})") from None
+    try:
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"--out {out_dir} is not writable ({e.strerror or e})") from None
+    return out_dir
+
+
+def _metadata(name: str, meta: dict) -> dict:
+    """What the checkpoint says about how the model was made, for every artifact's metadata."""
+    keys = ("recipe", "epochs", "batch_size", "lr", "seed", "test_accuracy", "data_sha256", "recipe_details")
+    return {
+        "model": name,
+        **{k: meta[k] for k in keys if k in meta},
+        "trained_with_torch": meta.get("torch_version"),
+        "source": "mnist-zoo",
+    }
+
+
+def export_model(
+    name: str,
+    model: torch.nn.Module,
+    meta: dict,
+    formats: list[str],
+    out_dir: Path,
+    args: argparse.Namespace,
+    test: data.Split,
+    calib: torch.Tensor | None,
+) -> list[dict]:
+    """Export, verify and commit one model's artifacts; on a failure raise Unverified and commit nothing."""
+    images = data.normalize(test.images)
+    reference = reference_logits(model, images, threads=args.threads)
+    metadata = _metadata(name, meta)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-staging-", dir=out_dir))
+    records: list[dict] = []
+    try:
+        for fmt in formats:
+            suffix, label = FORMATS[fmt]
+            path = staging / f"{name}{suffix}"
+            t0 = time.perf_counter()
+            if fmt == "onnx":
+                to_onnx.export_onnx(model, path, opset=args.opset, softmax=args.softmax, metadata=metadata)
+            elif fmt == "int8":
+                quantize_int8(staging / f"{name}.onnx", path, calib)
+            elif fmt == "torchscript":
+                export_torchscript(model, path, softmax=args.softmax, metadata=metadata)
+            else:
+                export_pt2(model, path, softmax=args.softmax, metadata=metadata)
+            seconds = time.perf_counter() - t0
+            if fmt in ("onnx", "int8"):
+                parity = verify_onnx(
+                    path, reference, images, test.labels, int8=fmt == "int8", threads=args.threads
+                )
+            else:
+                load = load_torchscript if fmt == "torchscript" else load_pt2
+                parity = verify_torch(load, path, reference, images, test.labels, threads=args.threads)
+            final = out_dir / path.name
+            record = {
+                "model": name,
+                "artifact": str(final),
+                "format": fmt,
+                "label": label,
+                "opset": (args.opset or to_onnx.DEFAULT_OPSET) if fmt in ("onnx", "int8") else None,
+                "bytes": path.stat().st_size,
+                "export_seconds": seconds,
+                "replaced": final.exists(),
+                "softmax": args.softmax,
+                "verification": parity.as_dict(),
+            }
+            if fmt == "int8":
+                record["size_ratio"] = record["bytes"] / (staging / f"{name}.onnx").stat().st_size
+            records.append(record)
+            if not parity.ok:
+                raise Unverified(
+                    f"{name}: {label} failed verification: {'; '.join(parity.problems)} "
+                    f"(nothing of {name} was written)"
+                )
+        for r in records:  # every artifact of this model verified: move them into place, each atomically
+            os.replace(staging / Path(r["artifact"]).name, r["artifact"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return records
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"
+
+
+def results_table(records: list[dict], threads: int) -> Table:
+    directories = sorted({str(Path(r["artifact"]).parent) for r in records})
+    t = Table(
+        title=f"exports in {', '.join(directories)}/, each verified on the 10,000 test images",
+        caption_justify="left",
+        caption=f"secs: export time; agree: top-1 equal to PyTorch's (fp32 needs >= "
+        f"{MIN_AGREEMENT * 10_000:,.0f}); max |Δ|: largest logit difference (fp32 needs <= "
+        f"{MAX_ABS_DIFF:.0e}, at batch 1,000 and 1); Δ acc: vs PyTorch (int8 needs >= "
+        f"-{MAX_INT8_DROP * 100:.1f}). Verified with {threads} thread(s), torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}. TorchScript is deprecated upstream; .pt2 is its successor.",
+        box=None,
+        header_style="bold underline",
+        pad_edge=False,
+        padding=(0, 1),
+    )
+    # Sized for an 80-column terminal: the opset rides in the format cell, the int8 size ratio under its size.
+    for col, width in (
+        ("artifact", 15),
+        ("format", 9),
+        ("size", 9),
+        ("secs", 5),
+        ("agree", 6),
+        ("max |Δ|", 7),
+        ("acc", 6),
+        ("Δ acc", 5),
+    ):
+        t.add_column(col, justify="left" if col in ("artifact", "format") else "right", min_width=width)
+    for r in records:
+        v = r["verification"]
+        fmt = r["label"] + (f" opset {r['opset']}" if r["opset"] else "")
+        size = _size(r["bytes"]) + (f"\n{r['size_ratio']:.2f}×" if "size_ratio" in r else "")
+        t.add_row(
+            Path(r["artifact"]).name,
+            fmt,
+            size,
+            f"{r['export_seconds']:.2f}",
+            f"{v['agree']:,}",
+            f"{v['max_abs_diff']:.1e}",
+            f"{v['accuracy']:.2%}",
+            f"{-v['accuracy_drop'] * 100:+.2f}",
+        )
+    return t
+
+
+def run(args: argparse.Namespace) -> int:
+    from mnist_zoo.train import ensure_trained
+
+    names = _models(args.models)
+    formats = _formats(args)
+    if args.opset is not None:
+        to_onnx.check_opset(args.opset)
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    out_dir = _out_dir(args.out)
+    test = data.load("test", args.data_dir)
+    calib = calibration_images(data.load("train", args.data_dir)) if "int8" in formats else None
+    records: list[dict] = []
+    for name in names:
+        model, meta = ensure_trained(
+            name, data_dir=args.data_dir, progress=not (args.no_progress or args.json)
+        )
+        try:
+            records += export_model(name, model, meta, formats, out_dir, args, test, calib)
+        except Unverified as e:
+            if records:
+                err.print(f"written before the failure: {', '.join(r['artifact'] for r in records)}")
+            return fail(str(e), EXIT_UNVERIFIED)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "artifacts": records,
+                    "thresholds": {
+                        "min_agreement": MIN_AGREEMENT,
+                        "max_abs_diff": MAX_ABS_DIFF,
+                        "max_int8_drop": MAX_INT8_DROP,
+                    },
+                    "onnxruntime_version": onnxruntime.__version__,
+                    **environment("cpu"),
+                    "threads": args.threads,
+                }
+            )
+        )
+    else:
+        out.print(results_table(records, args.threads))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (UserError, data.DataError) as e:
+        return fail(str(e))
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""What every exporter shares: the module that is exported, the input contract, and a quiet exporter.
+
+The contract of every artifact (ONNX, TorchScript, torch.export):
+  input  `image`  float32 [batch, 1, 28, 28], already normalised: (pixel / 255 - 0.1307) / 0.3081
+  output `logits` float32 [batch, 10]   (with softmax=True also `probabilities` [batch, 10], the softmax)
+Normalisation stays outside the graph, as in the zoo's PyTorch models, so an artifact and its source model
+take the same tensor and their logits can be compared one for one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mnist_zoo.data import MEAN, STD
+from mnist_zoo.util import atomic_write
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+PROBS_NAME = "probabilities"
+NORMALISATION = f"float32 [batch,1,28,28] = (pixel/255 - {MEAN}) / {STD}"
+# Example batch for tracing: not 0 or 1, which torch.export specialises, so the batch axis stays symbolic.
+EXAMPLE_BATCH = 2
+# Loggers of the exporter stack that narrate every pass; their warnings are collected, not printed.
+NOISY_LOGGERS = (
+    "torch.onnx",
+    "torch.export",
+    "torch._export",
+    "torch._dynamo",
+    "torch.fx",
+    "onnxscript",
+    "onnx_ir",
+)
+
+
+class Exportable(nn.Module):
+    """The zoo model as exported: `forward(image)` names the input `image` and returns the logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+
+class WithProbabilities(Exportable):
+    """softmax=True: (logits, probabilities). A separate class, as TorchScript needs one return type."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        logits = self.model(image)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def prepare(model: nn.Module, softmax: bool = False) -> Exportable:
+    """A float32, CPU, eval-mode copy in the default memory layout (training may leave lenet channels_last),
+    wrapped; the caller's model is left untouched."""
+    model = copy.deepcopy(model).to("cpu", torch.float32).to(memory_format=torch.contiguous_format).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return (WithProbabilities if softmax else Exportable)(model).eval()
+
+
+def write_artifact(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """mnist_zoo.util.atomic_write, then the permissions of a normal new file: mkstemp makes its temporary
+    0600, and artifacts are meant to be read by services running as other users."""
+
+    def write_shareable(tmp: Path) -> None:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+
+    return atomic_write(path, write_shareable)
+
+
+def example_input(batch: int = EXAMPLE_BATCH) -> torch.Tensor:
+    return torch.zeros(batch, 1, 28, 28)
+
+
+def batch_dim() -> torch.export.Dim:
+    return torch.export.Dim("batch", min=1, max=1 << 20)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " ".join(record.getMessage().split())
+        if record.exc_info and record.exc_info[1] is not None:
+            cause = str(record.exc_info[1]).strip().splitlines()
+            text += f" ({cause[-1] if cause else type(record.exc_info[1]).__name__})"
+        self.messages.append(text)
+
+
+@contextlib.contextmanager
+def quiet_exporters() -> Iterator[list[str]]:
+    """Silence the exporter stack's loggers and deprecation warnings; yields the warning lines they emitted,
+    for the caller to turn into one line when one matters (e.g. an opset it could not produce)."""
+    handler = _Collect()
+    saved = []
+    for name in NOISY_LOGGERS:
+        log = logging.getLogger(name)
+        saved.append((log, log.handlers[:], log.propagate))
+        log.handlers = [handler]
+        log.propagate = False
+    try:
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream (torch >= 2.11) but still what C++ serving loads: keep the
+            # FutureWarning of every torch.jit call out of the user's face; the CLI says it once, quietly.
+            warnings.filterwarnings(
+                "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
+            )
+            warnings.filterwarnings("ignore", module=r"torch\.onnx.*|onnxscript.*|onnx_ir.*|torch\.export.*")
+            yield handler.messages
+    finally:
+        for log, handlers, propagate in saved:
+            log.handlers = handlers
+            log.propagate = propagate

@@ -1,0 +1,250 @@
+"""Verification: run an artifact on the whole test set beside the PyTorch model it came from.
+
+    >>> from export.verify import ort_session, reference_logits, verify_onnx
+    >>> session = ort_session("artifacts/lenet.onnx", threads=1)    # refuses a damaged or tampered file
+    >>> report = verify_onnx("artifacts/lenet.onnx", reference_logits(model, images), images, labels)
+    >>> report.ok, report.problems
+
+What must hold (fp32): top-1 predictions agree on >= 9,999 of 10,000 test images and the largest absolute
+logit difference is <= 1e-4, at batch 1,000 over all images and at batch 1 over the first BATCH1_IMAGES (the
+batch axis is dynamic, so both must run). int8: the accuracy drop against the PyTorch model must be <= 0.3
+points; agreement and logit differences are reported, not bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from google.protobuf.message import DecodeError
+from torch import nn
+
+from export.common import INPUT_NAME, OUTPUT_NAME, prepare
+from export.integrity import check_onnx_seal
+from mnist_zoo.util import UserError
+
+MIN_AGREEMENT = 0.9999  # 9,999 of 10,000
+MAX_ABS_DIFF = 1e-4  # fp32 logits
+MAX_INT8_DROP = 0.003  # 0.3 accuracy points
+BIG_BATCH = 1000
+BATCH1_IMAGES = 1000  # batch-1 runs cost ~10k calls on the full set; the first 1,000 show the axis works
+
+
+def ort_session(
+    path: str | os.PathLike, threads: int = 1, *, check_seal: bool = True
+) -> onnxruntime.InferenceSession:
+    """An onnxruntime CPU session: `threads` intra-op threads, 1 inter-op thread (sequential execution).
+
+    The file is parsed, its SHA-256 seal checked (check_seal=False for files not exported by mnist-zoo) and
+    onnx.checker run before onnxruntime sees it; every failure is a one-line UserError naming the file."""
+    path = Path(path)
+    if threads < 1:
+        raise UserError(f"threads must be at least 1, got {threads}")
+    if not path.is_file():
+        raise UserError(f"no ONNX file at {path}")
+    data = path.read_bytes()
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except DecodeError as e:
+        raise UserError(
+            f"{path} is not a readable ONNX file ({str(e)[:120] or 'protobuf decode error'})"
+        ) from None
+    if not proto.graph.node:
+        raise UserError(f"{path} is not an ONNX model (no graph)")
+    if check_seal:
+        check_onnx_seal(proto, path)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise UserError(f"{path} fails onnx.checker: {str(e).strip().splitlines()[0][:160]}") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: onnxruntime's warnings about unused initializers are noise
+    try:
+        return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's Fail/InvalidGraph/NotImplemented are not one hierarchy
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"onnxruntime {onnxruntime.__version__} cannot load {path} ({first[:160]})") from None
+
+
+def run_onnx(
+    session: onnxruntime.InferenceSession,
+    images: torch.Tensor,
+    batch_size: int = BIG_BATCH,
+    outputs: tuple[str, ...] = (OUTPUT_NAME,),
+) -> torch.Tensor | list[torch.Tensor]:
+    """Logits for normalised images [N, 1, 28, 28], batch by batch (a list when several outputs are asked)."""
+    arr = images.detach().cpu().float().numpy()
+    runs = [
+        session.run(list(outputs), {INPUT_NAME: arr[i : i + batch_size]})
+        for i in range(0, len(arr), batch_size)
+    ]
+    out = [torch.from_numpy(np.concatenate([r[k] for r in runs])) for k in range(len(outputs))]
+    return out[0] if len(outputs) == 1 else out
+
+
+@torch.no_grad()
+def run_torch(module: Callable, images: torch.Tensor, batch_size: int = BIG_BATCH) -> torch.Tensor:
+    """Logits of a torch callable (model, TorchScript or torch.export module); of a tuple, the first item."""
+    return _run_torch_all(module, images, batch_size)[0]
+
+
+@torch.no_grad()
+def _run_torch_all(module: Callable, images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    out: list[list[torch.Tensor]] = []
+    for i in range(0, len(images), batch_size):
+        y = module(images[i : i + batch_size])
+        out.append(list(y) if isinstance(y, tuple | list) else [y])
+    return [torch.cat([o[k] for o in out]).float() for k in range(len(out[0]))]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Pin torch's intra-op threads for a verification run. Verification is not a benchmark: one thread is
+    deterministic and, on a busy machine, many times faster than threads spinning against other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def reference_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int = BIG_BATCH, threads: int = 1
+) -> torch.Tensor:
+    """The PyTorch model's fp32 logits, from the same prepared copy the exporters export."""
+    with torch_threads(threads):
+        return run_torch(prepare(model).model, images, batch_size)
+
+
+@dataclass
+class Parity:
+    """How an artifact's outputs compare to the PyTorch model's on the test set."""
+
+    images: int
+    agree: int  # top-1 predictions equal to the PyTorch model's
+    max_abs_diff: float  # largest |logit difference| over all images and classes, at batch 1,000
+    accuracy: float  # the artifact's own test accuracy
+    reference_accuracy: float
+    batch1_images: int
+    batch1_max_abs_diff: float  # batch-1 run vs the PyTorch logits, first batch1_images images
+    run_seconds: float
+    int8: bool = False
+    probabilities_max_abs_diff: float | None = None  # softmax=True: vs softmax of the PyTorch logits
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def accuracy_drop(self) -> float:
+        return self.reference_accuracy - self.accuracy
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok, "accuracy_drop": self.accuracy_drop}
+
+
+def compare(
+    run: Callable[[torch.Tensor, int], list[torch.Tensor]],
+    reference: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    int8: bool = False,
+    batch1_images: int = BATCH1_IMAGES,
+) -> Parity:
+    """Run `run(images, batch_size)` -> [logits] or [logits, probabilities] at batch 1,000 on everything and
+    at batch 1 on the first images, and judge it against the PyTorch logits."""
+    t0 = time.perf_counter()
+    logits, *probs = run(images, BIG_BATCH)
+    n1 = min(batch1_images, len(images))
+    small = run(images[:n1], 1)[0]
+    seconds = time.perf_counter() - t0
+    if logits.shape != reference.shape:
+        raise UserError(f"artifact returned logits {list(logits.shape)}, expected {list(reference.shape)}")
+    pred, ref_pred = logits.argmax(1), reference.argmax(1)
+    p = Parity(
+        images=len(images),
+        agree=int((pred == ref_pred).sum()),
+        max_abs_diff=float((logits - reference).abs().max()),
+        accuracy=float((pred == labels).float().mean()),
+        reference_accuracy=float((ref_pred == labels).float().mean()),
+        batch1_images=n1,
+        batch1_max_abs_diff=float((small - reference[:n1]).abs().max()),
+        run_seconds=seconds,
+        int8=int8,
+    )
+    if probs:
+        p.probabilities_max_abs_diff = float((probs[0] - torch.softmax(reference, 1)).abs().max())
+    if int8:
+        if p.accuracy_drop > MAX_INT8_DROP:
+            p.problems.append(
+                f"int8 accuracy drop {p.accuracy_drop * 100:.2f} points > {MAX_INT8_DROP * 100:.1f}"
+            )
+        # The batch-1 run must still agree with the batch-1,000 run of the same artifact.
+        if not torch.equal(small.argmax(1), pred[:n1]):
+            p.problems.append("int8 batch-1 predictions differ from batch-1,000 predictions")
+        return p
+    need = int(np.ceil(MIN_AGREEMENT * len(images)))
+    if p.agree < need:
+        p.problems.append(f"top-1 agreement {p.agree:,}/{len(images):,} < {need:,}")
+    if not p.max_abs_diff <= MAX_ABS_DIFF:  # `not <=` so a NaN fails too
+        p.problems.append(f"max |logit diff| {p.max_abs_diff:.2e} > {MAX_ABS_DIFF:.0e}")
+    if not p.batch1_max_abs_diff <= MAX_ABS_DIFF:
+        p.problems.append(f"batch-1 max |logit diff| {p.batch1_max_abs_diff:.2e} > {MAX_ABS_DIFF:.0e}")
+    if probs and not p.probabilities_max_abs_diff <= MAX_ABS_DIFF:
+        p.problems.append(f"max |probability diff| {p.probabilities_max_abs_diff:.2e} > {MAX_ABS_DIFF:.0e}")
+    return p
+
+
+def verify_onnx(
+    path: str | os.PathLike,
+    reference: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    int8: bool = False,
+    threads: int = 1,
+    batch1_images: int = BATCH1_IMAGES,
+) -> Parity:
+    session = ort_session(path, threads)
+    names = tuple(o.name for o in session.get_outputs())
+    if names[0] != OUTPUT_NAME:
+        raise UserError(f"{path}: first output is {names[0]!r}, expected {OUTPUT_NAME!r}")
+
+    def run(x: torch.Tensor, batch: int) -> list[torch.Tensor]:
+        out = run_onnx(session, x, batch, names)
+        return out if isinstance(out, list) else [out]
+
+    return compare(run, reference, images, labels, int8=int8, batch1_images=batch1_images)
+
+
+def verify_torch(
+    load: Callable[[str | os.PathLike], tuple],
+    path: str | os.PathLike,
+    reference: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    threads: int = 1,
+    batch1_images: int = BATCH1_IMAGES,
+) -> Parity:
+    """For TorchScript (to_torchscript.load_torchscript) and torch.export (load_pt2) files."""
+    module, _ = load(path)
+    with torch_threads(threads):
+        return compare(
+            lambda x, b: _run_torch_all(module, x, b), reference, images, labels, batch1_images=batch1_images
+        )

@@ -1,0 +1,318 @@
+"""Export: round trips for every model and format, dynamic batch, metadata, tamper refusal, int8, CLI exits.
+
+    .venv/bin/pytest tests/test_export.py -q
+
+Parity is checked on the small_trained models (1 epoch, real logits) over the first SUBSET test images per
+model; the full 10,000-image verification runs through the CLI tests (lenet) and the int8 test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from export import cli, to_onnx, verify
+from export.integrity import EXTRA_FILE, onnx_metadata
+from export.quantize import calibration_images, quantize_int8
+from export.to_torchscript import export_pt2, export_torchscript, load_pt2, load_torchscript
+from mnist_zoo import data, train
+from mnist_zoo.checkpoint import checkpoint_dir
+from mnist_zoo.models import list_models
+from mnist_zoo.util import UserError
+
+SUBSET = 2000
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def images(test_split) -> torch.Tensor:
+    return data.normalize(test_split.images)
+
+
+@pytest.fixture(scope="module")
+def onnx_files(small_trained, tmp_path_factory) -> dict[str, Path]:
+    """One fp32 ONNX export per model, shared by the ONNX tests (an export costs seconds)."""
+    directory = tmp_path_factory.mktemp("onnx")
+    files = {}
+    for name in list_models():
+        model, meta, _ = small_trained(name)
+        files[name] = to_onnx.export_onnx(
+            model, directory / f"{name}.onnx", metadata=cli._metadata(name, meta)
+        )
+    return files
+
+
+def _check_parity(logits: torch.Tensor, reference: torch.Tensor) -> None:
+    assert logits.shape == reference.shape
+    assert (logits - reference).abs().max().item() <= verify.MAX_ABS_DIFF
+    assert torch.equal(logits.argmax(1), reference.argmax(1))
+
+
+@pytest.mark.parametrize("name", ["mlp", "dnn", "lenet"])
+def test_onnx_round_trip_and_dynamic_batch(name, small_trained, onnx_files, images):
+    model, _, _ = small_trained(name)
+    reference = verify.reference_logits(model, images[:SUBSET])
+    session = verify.ort_session(onnx_files[name])
+    _check_parity(verify.run_onnx(session, images[:SUBSET], 1000), reference)
+    for batch in (1, 7):  # the batch axis is symbolic: any size runs
+        _check_parity(verify.run_onnx(session, images[:batch], batch), reference[:batch])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+@pytest.mark.parametrize("name", ["mlp", "dnn", "lenet"])
+def test_torch_formats_round_trip_and_dynamic_batch(name, fmt, small_trained, images, tmp_path):
+    model, meta, _ = small_trained(name)
+    export, load = (export_torchscript, load_torchscript) if fmt == "torchscript" else (export_pt2, load_pt2)
+    path = export(model, tmp_path / f"{name}.{fmt}", metadata={"model": name, "seed": meta["seed"]})
+    module, stored = load(path)
+    assert stored["model"] == name and stored["seed"] == 0 and "weights_sha256" in stored
+    reference = verify.reference_logits(model, images[:SUBSET])
+    _check_parity(verify.run_torch(module, images[:SUBSET]), reference)
+    for batch in (1, 7):
+        _check_parity(verify.run_torch(module, images[:batch], batch), reference[:batch])
+
+
+def test_onnx_file_contract_and_metadata(onnx_files, small_trained):
+    path = onnx_files["lenet"]
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["image"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 28, 28]
+    assert {o.domain: o.version for o in proto.opset_import}[""] == to_onnx.DEFAULT_OPSET >= 18
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(f"{m}.onnx" for m in list_models())
+    meta = onnx_metadata(proto)
+    for key in (
+        "model",
+        "normalisation",
+        "seed",
+        "recipe",
+        "test_accuracy",
+        "exporter",
+        "torch_version",
+        "opset",
+    ):
+        assert key in meta, key
+    assert meta["model"] == "lenet" and meta["torch_version"] == torch.__version__
+    assert "0.1307" in meta["normalisation"] and "0.3081" in meta["normalisation"]
+    assert float(meta["test_accuracy"]) == small_trained("lenet")[1]["test_accuracy"]
+    assert meta["seed"] == "0" and meta["recipe"] == "default"
+
+
+def test_softmax_adds_probabilities(small_trained, images, tmp_path):
+    model, _, _ = small_trained("mlp")
+    session = verify.ort_session(to_onnx.export_onnx(model, tmp_path / "mlp.onnx", softmax=True))
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities"]
+    logits, probs = verify.run_onnx(session, images[:7], 7, ("logits", "probabilities"))
+    assert torch.allclose(probs, torch.softmax(logits, 1), atol=1e-6)
+    assert torch.allclose(probs.sum(1), torch.ones(7), atol=1e-5)
+    module, _ = load_torchscript(export_torchscript(model, tmp_path / "mlp.pt", softmax=True))
+    logits_ts, probs_ts = module(images[:7])
+    assert torch.allclose(probs_ts, probs, atol=1e-5)
+
+
+def _flip_weight_byte(path: Path, out: Path) -> None:
+    """Change one byte inside the first weight tensor's raw data: still valid protobuf, still runs."""
+    raw = path.read_bytes()
+    weight = onnx.numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0]).tobytes()
+    at = raw.index(weight[:64]) + 10
+    out.write_bytes(raw[:at] + bytes([raw[at] ^ 0x40]) + raw[at + 1 :])
+
+
+def test_tampered_onnx_is_refused(onnx_files, tmp_path):
+    tampered = tmp_path / "tampered.onnx"
+    _flip_weight_byte(onnx_files["lenet"], tampered)
+    onnxruntime.InferenceSession(
+        str(tampered), providers=["CPUExecutionProvider"]
+    )  # onnxruntime alone runs it
+    with pytest.raises(UserError, match="modified after export"):
+        verify.ort_session(tampered)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(onnx_files["lenet"].read_bytes()[:5000])
+    with pytest.raises(UserError, match="not a readable ONNX file|not an ONNX model"):
+        verify.ort_session(truncated)
+    with pytest.raises(UserError, match="no ONNX file"):
+        verify.ort_session(tmp_path / "missing.onnx")
+
+
+def test_unsealed_onnx_needs_opt_in(small_trained, tmp_path):
+    path = tmp_path / "plain.onnx"
+    proto = onnx.load(str(to_onnx.export_onnx(small_trained("mlp")[0], tmp_path / "mlp.onnx")))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(path))
+    with pytest.raises(UserError, match="not an mnist-zoo export"):
+        verify.ort_session(path)
+    assert verify.ort_session(path, check_seal=False).get_inputs()[0].name == "image"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_tampered_torchscript_is_refused(small_trained, tmp_path):
+    path = export_torchscript(small_trained("mlp")[0], tmp_path / "mlp.pt")
+    extra = {EXTRA_FILE: ""}
+    module = torch.jit.load(str(path), _extra_files=extra)
+    with torch.no_grad():
+        next(iter(module.parameters()))[0, 0] += 1.0
+    torch.jit.save(module, str(tmp_path / "edited.pt"), _extra_files=extra)  # the old digest, new weights
+    with pytest.raises(UserError, match="modified after export"):
+        load_torchscript(tmp_path / "edited.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a readable TorchScript file"):
+        load_torchscript(tmp_path / "junk.pt")
+
+
+def test_opsets(small_trained, tmp_path):
+    model = small_trained("mlp")[0]
+    proto = onnx.load(str(to_onnx.export_onnx(model, tmp_path / "a.onnx", opset=18)))
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 18
+    for bad in (0, to_onnx.max_opset() + 1):
+        with pytest.raises(UserError, match="cannot produce opset"):
+            to_onnx.export_onnx(model, tmp_path / "b.onnx", opset=bad)
+    with pytest.raises(UserError, match="could not produce opset 13"):  # the exporter would quietly give 18
+        to_onnx.export_onnx(model, tmp_path / "b.onnx", opset=13)
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_failed_write_keeps_the_old_artifact(small_trained, tmp_path, monkeypatch):
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(b"old")
+
+    def crash(proto, tmp, **kwargs):
+        Path(tmp).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(onnx, "save_model", crash)
+    with pytest.raises(OSError):
+        to_onnx.export_onnx(small_trained("mlp")[0], path)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["mlp.onnx"]
+
+
+def test_int8_lenet_accuracy_drop_and_size(
+    small_trained, onnx_files, train_split, test_split, images, tmp_path
+):
+    model, meta, _ = small_trained("lenet")
+    # The 0.3-point bound is about a trained lenet: a diverged one (constant predictions) has nothing to lose.
+    assert meta["test_accuracy"] > 0.85, "small_trained('lenet') did not train; see tests/conftest.py"
+    q = quantize_int8(onnx_files["lenet"], tmp_path / "lenet.int8.onnx", calibration_images(train_split))
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert onnx_metadata(onnx.load(str(q)))["model"] == "lenet"
+    parity = verify.verify_onnx(
+        q, verify.reference_logits(model, images), images, test_split.labels, int8=True
+    )
+    assert parity.ok, parity.problems
+    assert parity.accuracy_drop <= verify.MAX_INT8_DROP
+    assert q.stat().st_size < 0.5 * onnx_files["lenet"].stat().st_size
+
+
+def test_verification_fails_on_a_wrong_artifact(small_trained, onnx_files, images, test_split):
+    """The check can fail: the dnn's file judged against the lenet's logits."""
+    lenet = small_trained("lenet")[0]
+    parity = verify.verify_onnx(
+        onnx_files["dnn"], verify.reference_logits(lenet, images), images, test_split.labels
+    )
+    assert not parity.ok and any("max |logit diff|" in p for p in parity.problems)
+
+
+# --- the command line ---
+
+
+@pytest.fixture
+def lenet_checkpoint(small_trained) -> Path:
+    """The small trained lenet as the zoo's checkpoint (MNIST_ZOO_CHECKPOINTS is a per-test directory)."""
+    target = checkpoint_dir() / "lenet.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(small_trained("lenet")[2], target)
+    return target
+
+
+def test_cli_exports_verifies_and_replaces(lenet_checkpoint, tmp_path, capsys):
+    out_dir = tmp_path / "artifacts"
+    assert cli.main(["lenet", "--onnx", "--torchscript", "--out", str(out_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["format"] for r in result["artifacts"]] == ["onnx", "torchscript"]
+    for r in result["artifacts"]:
+        v = r["verification"]
+        assert v["ok"] and v["images"] == 10_000 and v["agree"] >= 9_999 and v["max_abs_diff"] <= 1e-4
+        assert v["batch1_images"] > 0 and r["replaced"] is False and Path(r["artifact"]).is_file()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["lenet.onnx", "lenet.pt"]  # no staging left
+    assert cli.main(["lenet", "--onnx", "--out", str(out_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["artifacts"][0]["replaced"] is True
+
+
+def test_cli_failed_verification_writes_nothing(lenet_checkpoint, tmp_path, capsys, monkeypatch):
+    out_dir = tmp_path / "artifacts"
+    out_dir.mkdir()
+    (out_dir / "lenet.onnx").write_bytes(b"previous")
+    monkeypatch.setattr(verify, "MAX_ABS_DIFF", 0.0)  # no fp32 export is bit-exact: verification must fail
+    assert cli.main(["lenet", "--onnx", "--out", str(out_dir)]) == cli.EXIT_UNVERIFIED
+    assert "failed verification" in capsys.readouterr().err
+    assert [p.name for p in out_dir.iterdir()] == ["lenet.onnx"] and (
+        out_dir / "lenet.onnx"
+    ).read_bytes() == b"previous"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["resnet", "--onnx"], "unknown model 'resnet'; choose from mlp, dnn, lenet"),
+        (["lenet", "--onnx", "--out", "{tmp}/missing/deeper"], "parent directory"),
+        (["lenet", "--onnx", "--out", "{tmp}/file"], "is not a directory"),
+        (["lenet", "--onnx", "--opset", "99"], "cannot produce opset 99"),
+        (["lenet", "--torchscript", "--opset", "18"], "--opset applies to ONNX"),
+        (["lenet", "--onnx", "--threads", "0"], "--threads must be at least 1"),
+    ],
+)
+def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")] if "--out" not in argv else argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_cli_damaged_checkpoint(tmp_path, capsys):
+    checkpoint_dir().mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir() / "lenet.pt").write_bytes(b"\x00garbage")
+    assert cli.main(["lenet", "--onnx", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "not a readable checkpoint" in err and err.count("\n") == 1
+
+
+def test_cli_trains_a_missing_model_first(tmp_path, capsys, monkeypatch):
+    """A fresh clone: no checkpoint, so the default recipe runs first (cut to 1 epoch here) and says so."""
+    monkeypatch.setitem(train.DEFAULTS, "mlp", replace(train.DEFAULTS["mlp"], epochs=1))
+    assert cli.main(["mlp", "--onnx", "--out", str(tmp_path / "out"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "has no checkpoint yet; training it" in captured.err
+    assert (checkpoint_dir() / "mlp.pt").is_file() and (tmp_path / "out" / "mlp.onnx").is_file()
+    assert json.loads(captured.out)["artifacts"][0]["verification"]["ok"]
+
+
+def test_python_m_export_help_and_exit_codes():
+    run = [sys.executable, "-m", "export"]
+    help_ = subprocess.run([*run, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and "python -m export lenet --onnx" in help_.stdout
+    bad = subprocess.run([*run, "nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        "error: unknown model 'nope'; choose from mlp, dnn, lenet (or all)"
+    ]
+    with pytest.raises(SystemExit) as exit_:  # argparse's own errors exit 2
+        cli.main(["lenet", "--opset", "x"])
+    assert exit_.value.code == 2
+
+
+def test_calibration_images_are_training_images_and_reproducible(train_split):
+    a, b = calibration_images(train_split, 50), calibration_images(train_split, 50)
+    assert a.shape == (50, 1, 28, 28) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert not torch.equal(a, calibration_images(train_split, 50, seed=1))
