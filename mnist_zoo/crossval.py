@@ -1,0 +1,88 @@
+"""Stratified k-fold cross-validation on the 60,000 training images (the test set is never touched).
+
+    python -m mnist_zoo cv lenet --folds 5                 # per-fold accuracy, mean ± std, learning curves
+    python -m mnist_zoo cv dnn --folds 10 --epochs 3 --json
+    >>> from mnist_zoo.crossval import stratified_folds
+    >>> held_out = stratified_folds(train_split.labels, k=5, seed=0)   # 5 disjoint index tensors
+
+Each fold trains on the other k-1 folds and reports accuracy on the held-out one. The summary JSON is rewritten
+(atomically) after every fold, so Ctrl-C keeps the finished folds; running the same command again reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from mnist_zoo.data import Split
+from mnist_zoo.runs import RunStore, StudyProgress, steps_for
+from mnist_zoo.stats import summarize
+from mnist_zoo.train import Recipe
+from mnist_zoo.util import UserError, atomic_write, environment
+
+DEFAULT_FOLDS = 5
+CV_SCHEMA = "mnist-zoo/cv/1"
+
+
+def stratified_folds(labels: torch.Tensor, k: int, seed: int = 0) -> list[torch.Tensor]:
+    """k disjoint, sorted index tensors covering every image, each with (within one image) every digit's share.
+
+    Images are shuffled within their class (seeded), laid out class after class, and dealt to folds in turn:
+    a run of n_c images of class c dealt round k folds gives each fold n_c // k or n_c // k + 1 of them."""
+    labels = labels.cpu()
+    smallest = int(torch.bincount(labels).min()) if len(labels) else 0
+    if k < 2:
+        raise UserError(f"--folds must be at least 2, got {k}")
+    if k > smallest:
+        raise UserError(
+            f"--folds {k} is more than the {smallest} images of the rarest digit; use fewer folds"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=gen)
+    ordered = perm[torch.sort(labels[perm], stable=True).indices]
+    fold_of = torch.arange(len(labels)) % k
+    return [torch.sort(ordered[fold_of == f]).values for f in range(k)]
+
+
+def cross_validate(model: str, recipe: Recipe, split: Split, *, folds: int, seed: int, device: torch.device,
+                   store: RunStore, summary_path: Path, progress: bool = True,
+                   subset: dict | None = None) -> dict:  # fmt: skip
+    """Run (or reuse) every fold, rewriting `summary_path` after each; returns the summary.
+
+    `subset` describes how `split` was drawn from the training set (for the run keys and the record)."""
+    held_out = stratified_folds(split.labels, folds, seed)
+    everything = torch.arange(len(split))
+    summary = {
+        "schema": CV_SCHEMA, "command": "cv", "model": model, "folds": folds, "seed": seed,
+        "recipe": asdict(recipe), "images": len(split), "subset": subset, "complete": False, "folds_done": 0,
+        "fold_results": [], "accuracy": None, "wall_seconds": 0.0, **environment(device),
+    }  # fmt: skip
+    train_sizes = [len(split) - len(h) for h in held_out]
+    write_json(summary_path, summary)  # from the start, the file on disk describes this run, not an older one
+    start = time.perf_counter()
+    with StudyProgress(f"cv {model}", sum(steps_for(n, recipe) for n in train_sizes), progress) as bar:
+        for f, held in enumerate(held_out):
+            mask = torch.ones(len(split), dtype=torch.bool)
+            mask[held] = False
+            config = {"data": "train", "subset": subset, "fold": f, "folds": folds, "fold_seed": seed}
+            record = store.run(model, recipe, split.subset(everything[mask]), split.subset(held), seed=seed,
+                               label=f"cv{folds}-fold{f + 1}", config=config, device=device,
+                               progress=bar)  # fmt: skip
+            summary["fold_results"].append({
+                "fold": f + 1, "train_images": record["train_size"], "heldout_images": record["eval_size"],
+                "accuracy": record["accuracy"], "loss": record["loss"], "train_seconds": record["train_seconds"],
+                "history": record["history"], "reused": record["reused"], "run_file": record["run_file"],
+            })  # fmt: skip
+            accuracies = [r["accuracy"] for r in summary["fold_results"]]
+            summary.update(folds_done=f + 1, complete=f + 1 == folds, accuracy=summarize(accuracies),
+                           wall_seconds=time.perf_counter() - start)  # fmt: skip
+            write_json(summary_path, summary)
+    return summary
+
+
+def write_json(path: Path, record: dict) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
