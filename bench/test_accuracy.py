@@ -1,0 +1,94 @@
+"""Accuracy benchmarks: every trained model in every runtime on the 10,000 real test images, against PyTorch.
+
+    pytest bench/test_accuracy.py --benchmark-only
+
+Per row (extra_info kind "accuracy"): test accuracy, agreement with PyTorch eager (share of identical predicted
+digits), the largest logit difference, and the seconds to run the test set at batch 1000 (the benchmark's time).
+A row fails when its accuracy is under the model's floor (mlp 92%, dnn 97.5%, lenet 99%; int8 0.5 points
+lower) or when an export stops agreeing with PyTorch (fp32: 99.9% of predictions and logits within 1e-3;
+int8: 98% of predictions).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import results
+from bench.runtimes import RUNTIMES, Unavailable, build, unavailable
+from mnist_zoo.data import normalize
+from mnist_zoo.models import list_models
+
+EVAL_BATCH = 1000
+ROUNDS = 2  # passes over the test set timed per row (quick: 1)
+
+
+def _batches(predictor, test_split) -> list:
+    # Moved to the runtime's side once, before timing (a GPU row does not time host-to-device copies).
+    images = test_split.images
+    return [
+        predictor.prepare(normalize(images[i : i + EVAL_BATCH])) for i in range(0, len(images), EVAL_BATCH)
+    ]
+
+
+@pytest.fixture(scope="session")
+def reference_logits(zoo_model, exports, test_split, bench_options):
+    """(model name, device) -> PyTorch eager logits on the test set: what every runtime must agree with."""
+    cache: dict[tuple[str, str], torch.Tensor] = {}
+
+    def get(name: str, device: torch.device) -> torch.Tensor:
+        key = (name, str(device))
+        if key not in cache:
+            p = build("eager", zoo_model(name)[0], device, max(bench_options.threads), exports, name)
+            cache[key] = torch.cat([p.to_logits(p.run(b)) for b in _batches(p, test_split)])
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("model_name", list_models())
+def test_accuracy(benchmark, new_row, bench_options, torch_device, zoo_model, exports, test_split,
+                  reference_logits, model_name, runtime):  # fmt: skip
+    reason = unavailable(runtime, torch_device)
+    if reason:
+        pytest.skip(reason)
+    if bench_options.quick and runtime == "compile":
+        pytest.skip("torch.compile is left out of --bench-quick (compiling takes tens of seconds per shape)")
+    threads = max(bench_options.threads)
+    model, source = zoo_model(model_name)
+    try:
+        predictor = build(runtime, model, torch_device, threads, exports, model_name)
+        batches = _batches(predictor, test_split)
+        predictor.run(batches[0])  # warm-up; torch.compile compiles here and may turn out unavailable
+    except Unavailable as e:
+        pytest.skip(str(e))
+    benchmark.group = f"accuracy: seconds to run the {len(test_split):,} test images at batch {EVAL_BATCH}"
+    outputs = benchmark.pedantic(lambda: [predictor.run(b) for b in batches],
+                                 rounds=1 if bench_options.quick else ROUNDS, warmup_rounds=0)  # fmt: skip
+    logits = torch.cat([predictor.to_logits(o) for o in outputs])
+    reference = reference_logits(model_name, torch_device)
+    labels = test_split.labels
+    predictions = logits.argmax(1)
+    accuracy = (predictions == labels).float().mean().item()
+    agreement = (predictions == reference.argmax(1)).float().mean().item()
+    max_diff = (logits - reference).abs().max().item()
+    precision = results.precision(runtime)
+    floor = results.accuracy_floor(model_name, runtime)
+    new_row("accuracy", model=model_name, runtime=runtime, device=str(torch_device), threads=threads,
+            batch=EVAL_BATCH, images=len(labels), accuracy=accuracy, floor=floor, agreement=agreement,
+            agreement_floor=results.AGREEMENT_FLOOR[precision], max_abs_logit_diff=max_diff,
+            images_per_second=len(labels) / benchmark.stats.stats.median, weights=source,
+            runtime_info=predictor.info)  # fmt: skip
+    assert logits.shape == (len(labels), 10)
+    assert accuracy >= floor, (
+        f"{model_name} in {runtime}: test accuracy {accuracy:.2%} is under its floor {floor:.2%}"
+    )
+    assert agreement >= results.AGREEMENT_FLOOR[precision], (
+        f"{model_name} in {runtime} predicts a different digit than PyTorch for {1 - agreement:.2%} of the test set"
+    )
+    if precision == "fp32":
+        atol = results.LOGIT_ATOL[torch_device.type]
+        assert max_diff <= atol, (
+            f"{model_name} in {runtime}: logits differ from PyTorch by up to {max_diff:.2g}"
+        )

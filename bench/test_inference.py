@@ -1,0 +1,59 @@
+"""Inference latency: every zoo model x runtime x device x batch x thread count, one call per timed round.
+
+    pytest bench/test_inference.py --benchmark-only                       # all cores
+    pytest bench/test_inference.py --benchmark-only --bench-threads 1,2   # each thread count
+    pytest bench/test_inference.py --benchmark-only -k "lenet and b1-"    # one model, batch 1
+
+Per row (extra_info kind "inference"): p50, p90 and p99 latency of single calls (from pytest-benchmark's raw
+samples), IQR/median, images/s (batch / p50), and, filled in at the end of the run, the speed-up over PyTorch
+eager at the same model, device, batch and threads. The input is real test images, normalised and moved to the
+device before timing; CUDA rows synchronise inside the timed call. Absent runtimes and devices are skipped with
+the reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import timing
+from bench.runtimes import RUNTIMES, Unavailable, build, unavailable
+from mnist_zoo.data import normalize
+from mnist_zoo.models import list_models, model_info
+
+BATCHES = (1, 64, 1000)
+
+
+@pytest.fixture(scope="session")
+def predictors():
+    """torch.compile predictors, reused across batch sizes so each model compiles once per shape per session.
+    (Other runtimes are built per row: an idle ONNX Runtime session keeps threads that could disturb others.)"""
+    return {}
+
+
+@pytest.mark.parametrize("batch", BATCHES, ids=[f"b{b}" for b in BATCHES])
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("model_name", list_models())
+def test_latency(benchmark, new_row, bench_options, torch_device, threads, zoo_model, exports, test_split,
+                 predictors, model_name, runtime, batch):  # fmt: skip
+    reason = unavailable(runtime, torch_device)
+    if reason:
+        pytest.skip(reason)
+    if bench_options.quick and runtime == "compile":
+        pytest.skip("torch.compile is left out of --bench-quick (compiling takes tens of seconds per shape)")
+    model, source = zoo_model(model_name, trained=False)
+    key = (model_name, runtime, str(torch_device), threads)
+    try:
+        predictor = predictors.get(key) or build(runtime, model, torch_device, threads, exports, model_name)
+        if runtime == "compile":
+            predictors[key] = predictor
+        x = predictor.prepare(normalize(test_split.images[:batch]))
+        out = predictor.to_logits(predictor.run(x))  # first call: compiles (torch.compile), checks the shape
+    except Unavailable as e:
+        pytest.skip(str(e))
+    assert out.shape == (batch, 10)
+    benchmark.group = f"inference: {model_name}, batch {batch}, {torch_device.type}"
+    stats = timing.measure(benchmark, lambda: predictor.run(x), batch=batch, budget_s=bench_options.budget_s,
+                           min_rounds=max(timing.MIN_ROUNDS, bench_options.min_rounds))  # fmt: skip
+    new_row("inference", model=model_name, runtime=runtime, device=str(torch_device), batch=batch,
+            threads=threads, macs=model_info(model_name).macs, weights=source, runtime_info=predictor.info,
+            **stats)  # fmt: skip

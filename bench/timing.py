@@ -1,0 +1,74 @@
+"""Latency measurement on top of pytest-benchmark: warm up, size the rounds to a time budget, time one call per
+round, and compute the percentiles pytest-benchmark does not (p50, p90, p99) from its raw samples.
+
+    >>> stats = measure(benchmark, lambda: predictor.run(x), batch=64, budget_s=1.0)
+    >>> stats["p50_s"], stats["images_per_second"]
+
+One call per round (iterations=1), so every raw sample is one inference and the percentiles are percentiles of
+single calls, not of averages over loops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+WARMUP_S, MIN_WARMUP_CALLS = (
+    0.2,
+    5,
+)  # first calls pay for lazy init: allocators, oneDNN primitives, cuDNN tuning
+MIN_ROUNDS, MAX_ROUNDS = 10, 20_000
+NOISY_SPREAD = 0.10  # IQR / median above this marks a row as noisy
+
+
+def percentile_stats(samples: Sequence[float], batch: int) -> dict:
+    """p50/p90/p99, mean, min, IQR/median and images/s (batch / p50) of per-call latencies in seconds."""
+    if len(samples) == 0:
+        raise ValueError("no timing samples")
+    a = np.asarray(samples, dtype=np.float64)
+    p25, p50, p75, p90, p99 = np.percentile(a, [25, 50, 75, 90, 99])
+    return {
+        "p50_s": float(p50),
+        "p90_s": float(p90),
+        "p99_s": float(p99),
+        "mean_s": float(a.mean()),
+        "min_s": float(a.min()),
+        "iqr_over_median": float((p75 - p25) / p50) if p50 > 0 else float("nan"),
+        "images_per_second": batch / float(p50) if p50 > 0 else float("nan"),
+        "rounds": len(a),
+    }
+
+
+def warm_up(fn: Callable[[], object], seconds: float = WARMUP_S, min_calls: int = MIN_WARMUP_CALLS) -> float:
+    """Call fn until `seconds` have passed and at least `min_calls` were made; returns the median time of the
+    second half of the calls (an estimate of one warm call)."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[len(times) // 2 :]))
+
+
+def rounds_for(
+    per_call_s: float, budget_s: float, min_rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS
+) -> int:
+    """How many single-call rounds fit in `budget_s`, clamped to [min_rounds, max_rounds]."""
+    wanted = int(budget_s / per_call_s) if per_call_s > 0 else max_rounds
+    return max(min_rounds, min(max_rounds, wanted))
+
+
+def measure(
+    benchmark, fn: Callable[[], object], *, batch: int, budget_s: float, min_rounds: int = MIN_ROUNDS
+) -> dict:
+    """Warm up, then time `fn` with benchmark.pedantic (one call per round); returns percentile_stats plus the
+    warm-up record. The samples stay in pytest-benchmark's stats, so --benchmark-json carries them too."""
+    estimate = warm_up(fn)
+    rounds = rounds_for(estimate, budget_s, min_rounds)
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+    stats = percentile_stats(benchmark.stats.stats.data, batch)
+    stats["budget_s"] = budget_s
+    return stats

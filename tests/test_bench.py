@@ -1,0 +1,287 @@
+"""Unit tests of the benchmark harness's logic (percentiles, ratios, report, regression check); no timings.
+
+pytest tests/test_bench.py
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+
+import pytest
+import torch
+
+from bench import check, machine, report, results, runtimes, timing
+from bench.__main__ import main as bench_main
+from mnist_zoo.models import get_model
+from mnist_zoo.util import UserError
+
+CPUINFO = "model name\t: Test CPU\ncpu MHz\t\t: 2500.000\nflags\t\t: fpu sse2 avx fma avx2\n"
+
+
+def inference(model, runtime, batch, p50, threads=2, iqr=0.02):
+    return {"format": results.FORMAT, "kind": "inference", "model": model, "runtime": runtime, "device": "cpu",
+            "batch": batch, "threads": threads, "p50_s": p50, "min_s": p50 * 0.9, "p90_s": p50 * 1.1, "p99_s": p50 * 1.5,
+            "iqr_over_median": iqr, "images_per_second": batch / p50, "macs": 497_000, "cores": 2,
+            "fullname": f"bench/test_inference.py::test_latency[{model}-{runtime}-b{batch}-cpu-{threads}t]"}  # fmt: skip
+
+
+def accuracy(model, runtime, acc, agreement=1.0, diff=1e-6):
+    return {"format": results.FORMAT, "kind": "accuracy", "model": model, "runtime": runtime, "device": "cpu",
+            "threads": 2, "accuracy": acc, "floor": results.accuracy_floor(model, runtime), "agreement": agreement,
+            "agreement_floor": results.AGREEMENT_FLOOR[results.precision(runtime)], "max_abs_logit_diff": diff,
+            "fullname": f"bench/test_accuracy.py::test_accuracy[{model}-{runtime}-cpu]"}  # fmt: skip
+
+
+def training(tutorial_ips=1000.0, zoo_ips=8000.0, to_984=10.0, reached=True):
+    base = {"format": results.FORMAT, "model": "lenet", "device": "cpu", "threads": 2}
+    return [
+        {**base, "kind": "epoch", "images_per_second": zoo_ips, "epoch_seconds": 60_000 / zoo_ips,
+         "fullname": "bench/test_training.py::test_epoch[lenet-cpu]"},
+        {**base, "kind": "time-to-accuracy", "target": 0.99, "reached": reached, "seconds_to_target": 25.0,
+         "seconds_to_tutorial_accuracy": to_984, "curve": [[to_984, 0.985], [25.0, 0.99]],
+         "fullname": "bench/test_training.py::test_time_to_accuracy[lenet-cpu]"},
+        {**base, "kind": "tutorial", "images_per_second": tutorial_ips,
+         "five_epochs_seconds_derived": results.TUTORIAL_IMAGES / tutorial_ips,
+         "fullname": "bench/test_training.py::test_tutorial_pipeline[lenet]"},
+    ]  # fmt: skip
+
+
+def run_rows(speedup=7.0, lenet_acc=0.991, int8_agreement=0.998, **train):
+    return [
+        inference("lenet", "eager", 1, 350e-6),
+        inference("lenet", "ort-fp32", 1, 350e-6 / speedup),
+        inference("lenet", "ort-int8", 1, 100e-6, iqr=0.3),
+        accuracy("lenet", "eager", lenet_acc),
+        accuracy("lenet", "ort-fp32", lenet_acc),
+        accuracy("lenet", "ort-int8", lenet_acc - 0.001, agreement=int8_agreement),
+        *training(**train),
+    ]
+
+
+def doc_of(rows, quick=True):
+    return {"machine_info": {"mnist_zoo": {"cpu": "Test CPU", "cores": 2, "threads": [2], "quick": quick,
+            "versions": {"torch": "x"}, "peak": machine.peak_flops(2, CPUINFO)}},
+            "benchmarks": [{"fullname": r["fullname"], "extra_info": r} for r in rows]}  # fmt: skip
+
+
+def test_percentiles_of_raw_samples():
+    stats = timing.percentile_stats([float(i) for i in range(1, 102)], batch=10)  # 1..101 s
+    assert (stats["p50_s"], stats["p90_s"], stats["p99_s"]) == (51.0, 91.0, 100.0)
+    assert stats["images_per_second"] == pytest.approx(10 / 51)
+    assert stats["iqr_over_median"] == pytest.approx(50 / 51)
+    assert stats["rounds"] == 101
+    with pytest.raises(ValueError):
+        timing.percentile_stats([], batch=1)
+
+
+def test_rounds_fit_the_budget_within_bounds():
+    assert timing.rounds_for(0.001, 1.0) == 1000
+    assert timing.rounds_for(1.0, 1.0) == timing.MIN_ROUNDS
+    assert timing.rounds_for(1e-9, 1.0) == timing.MAX_ROUNDS
+
+
+def test_derive_fills_ratios_of_the_same_run():
+    rows = results.derive(run_rows(speedup=7.0, tutorial_ips=1000.0, zoo_ips=8000.0, to_984=10.0))
+    by = {(r["kind"], r.get("runtime")): r for r in rows}
+    assert by["inference", "ort-fp32"]["speedup_vs_eager"] == pytest.approx(7.0)
+    assert by["inference", "eager"]["speedup_vs_eager"] == pytest.approx(1.0)
+    assert by["epoch", None]["vs_tutorial"] == pytest.approx(8.0)
+    assert by["time-to-accuracy", None]["tutorial_accuracy_speedup"] == pytest.approx(300.0 / 10.0)
+    assert results.seconds_to([[1.0, 0.97], [2.0, 0.985], [3.0, 0.99]], 0.984) == 2.0
+    assert results.seconds_to([[1.0, 0.97]], 0.984) is None
+
+
+def test_speedup_needs_eager_at_equal_threads():
+    rows = results.derive(
+        [inference("lenet", "eager", 1, 1e-3, threads=1), inference("lenet", "ort-fp32", 1, 1e-4)]
+    )
+    assert rows[1]["speedup_vs_eager"] is None  # 2-thread ORT is never compared with 1-thread eager
+
+
+def test_targets_report_met_and_missed():
+    found = {t["name"]: t for t in results.targets(results.derive(run_rows(speedup=3.0, zoo_ips=8000.0)))}
+    assert found["lenet training images/s vs tutorial pipeline"]["met"] is True
+    b1 = found["lenet batch 1, fastest runtime vs eager, 2 thread(s)"]
+    assert (b1["met"], b1["note"]) == (False, "ort-int8")  # int8 (3.5x) beats fp32 (3x), under 5x
+
+
+def test_machine_peak_flops_from_cpuinfo():
+    peak = machine.peak_flops(2, CPUINFO)
+    assert peak["flops"] == pytest.approx(2 * 2.5e9 * 32)
+    assert "FMA" in peak["how"]
+    assert machine.peak_flops(2, "")["flops"] is None
+    assert results.ceiling_images_per_second(500_000, 1e11, threads=1, cores=2) == pytest.approx(5e10 / 1e6)
+
+
+def test_load_rejects_foreign_files_with_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="not a readable JSON"):
+        results.load(bad)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmarks": [{"extra_info": {}}]}))
+    with pytest.raises(UserError, match="no mnist-zoo benchmark rows"):
+        results.load(other)
+    with pytest.raises(UserError, match="no such file"):
+        results.load(tmp_path / "missing.json")
+
+
+def test_report_renders_every_table(tmp_path):
+    out = io.StringIO()
+    report.render(doc_of(run_rows()), out, width=200)
+    text = out.getvalue()
+    for title in ("Test accuracy", "Training", "Targets", "Inference: lenet on cpu"):
+        assert title in text
+    assert "★ ORT fp32" in text  # the fastest runtime of its batch is starred
+    assert "noisy" in text  # iqr/median 30% > 10%
+    assert "derived" in text  # the tutorial's 5-epoch time says how it was obtained
+
+
+def test_check_passes_a_run_like_its_baseline():
+    fresh = check.metrics(run_rows())
+    baseline = check.make_baseline(fresh, {"threads": [2]})
+    assert set(baseline["ratios"]) == {"speedup/lenet/ort-fp32/b1", "speedup/lenet/ort-int8/b1",
+                                       "train-vs-tutorial/lenet", "tutorial-accuracy-speedup/lenet"}  # fmt: skip
+    assert "accuracy/lenet/ort-int8" in baseline["required"]
+    assert all(c.ok for c in check.compare(baseline, fresh))
+
+
+@pytest.mark.parametrize(
+    "change, failing",
+    [
+        ({"speedup": 3.0}, "speedup/lenet/ort-fp32/b1"),  # 7x -> 3x: beyond a 40% tolerance
+        ({"zoo_ips": 3000.0}, "train-vs-tutorial/lenet"),
+        ({"lenet_acc": 0.985}, "accuracy/lenet/eager"),
+        ({"int8_agreement": 0.95}, "agreement/lenet/ort-int8"),
+        ({"reached": False}, "reached/lenet"),
+    ],
+)
+def test_check_fails_what_regressed(change, failing):
+    baseline = check.make_baseline(check.metrics(run_rows()), {})
+    checks = check.compare(baseline, check.metrics(run_rows(**change)))
+    assert failing in {c.name for c in checks if not c.ok}
+
+
+def test_check_tolerates_noise_and_fails_missing_rows():
+    baseline = check.make_baseline(check.metrics(run_rows(speedup=7.0)), {})
+    assert all(c.ok for c in check.compare(baseline, check.metrics(run_rows(speedup=5.0))))  # -29%: noise
+    rows = [r for r in run_rows() if r.get("runtime") != "ort-int8"]
+    failed = {c.name: c for c in check.compare(baseline, check.metrics(rows)) if not c.ok}
+    assert "speedup/lenet/ort-int8/b1" in failed and "accuracy/lenet/ort-int8" in failed
+    assert "missing" in failed["accuracy/lenet/ort-int8"].note
+
+
+def test_best_of_two_keeps_the_better_ratio():
+    first, second = check.metrics(run_rows(speedup=3.0)), check.metrics(run_rows(speedup=6.5))
+    assert check.best_of(first, second)["speedup/lenet/ort-fp32/b1"].value == pytest.approx(6.5)
+    assert check.best_of(second, first)["speedup/lenet/ort-fp32/b1"].value == pytest.approx(6.5)
+    assert set(first["speedup/lenet/ort-fp32/b1"].sources) == {
+        "bench/test_inference.py::test_latency[lenet-ort-fp32-b1-cpu-2t]",
+        "bench/test_inference.py::test_latency[lenet-eager-b1-cpu-2t]",
+    }
+
+
+def test_cli_check_on_saved_results(tmp_path, capsys):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(doc_of(run_rows())))
+    bad.write_text(json.dumps(doc_of(run_rows(speedup=2.0))))
+    baseline = tmp_path / "baseline.json"
+    assert (
+        bench_main(["check", "--results", str(good), "--baseline", str(baseline), "--update-baseline"]) == 0
+    )
+    assert json.loads(baseline.read_text())["format"] == check.BASELINE_FORMAT
+    assert bench_main(["check", "--results", str(good), "--baseline", str(baseline)]) == 0
+    assert bench_main(["check", "--results", str(bad), "--baseline", str(baseline)]) == 1
+    out = capsys.readouterr()
+    assert "FAIL" in out.out and "speedup/lenet/ort-fp32/b1" in out.out
+    assert out.err.strip().startswith("error: 1 of")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert bench_main(["report", str(tmp_path / "nope.json")]) == 1
+    assert bench_main(["check", "--baseline", str(tmp_path / "nope.json")]) == 1
+    assert bench_main(["check", "--results", "x.json", "--tolerance", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert "update-baseline" in err[1]
+    with pytest.raises(SystemExit) as exit_:
+        bench_main(["--help"])
+    assert exit_.value.code == 0
+    assert "python -m bench check" in capsys.readouterr().out
+
+
+def test_update_refuses_a_failing_run(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc_of(run_rows(lenet_acc=0.95))))
+    baseline = tmp_path / "baseline.json"
+    assert bench_main(["check", "--results", str(bad), "--baseline", str(baseline), "--update-baseline"]) == 1
+    assert not baseline.exists()
+    assert "accuracy/lenet/eager" in capsys.readouterr().err
+
+
+class FakeBenchmark:
+    """What timing.measure uses of pytest-benchmark's fixture: pedantic() filling stats.stats.data."""
+
+    def __init__(self):
+        self.calls = {}
+        self.stats = type("S", (), {"stats": type("T", (), {"data": []})()})()
+
+    def pedantic(self, fn, rounds, iterations, warmup_rounds):
+        self.calls = {"rounds": rounds, "iterations": iterations, "warmup_rounds": warmup_rounds}
+        for _ in range(warmup_rounds):
+            fn()
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            self.stats.stats.data.append(time.perf_counter() - t0)
+
+
+def test_measure_times_single_calls_after_warm_up():
+    bench = FakeBenchmark()
+    stats = timing.measure(bench, lambda: time.sleep(0.001), batch=4, budget_s=0.05, min_rounds=10)
+    assert bench.calls["iterations"] == 1 and bench.calls["rounds"] >= 10
+    assert stats["rounds"] == len(bench.stats.stats.data) == bench.calls["rounds"]
+    assert 0.001 <= stats["min_s"] <= stats["p50_s"] <= stats["p90_s"] <= stats["p99_s"]
+    assert stats["images_per_second"] == pytest.approx(4 / stats["p50_s"])
+
+
+def test_runtimes_agree_and_absent_ones_say_why(tmp_path):
+    torch.manual_seed(0)
+    model = get_model("lenet").eval()
+    exports = runtimes.Exports(tmp_path, calibration=torch.randn(64, 1, 28, 28))
+    x = torch.randn(8, 1, 28, 28)
+    cpu = torch.device("cpu")
+    reference = runtimes.build("eager", model, cpu, 1, exports, "lenet").logits(x)
+    for runtime in ("torchscript", "ort-fp32"):
+        p = runtimes.build(runtime, model, cpu, 1, exports, "lenet")
+        assert p.threads == 1
+        torch.testing.assert_close(p.logits(x), reference, atol=1e-4, rtol=1e-4)
+    assert exports.path("lenet", model, "onnx") == exports.path(
+        "lenet", copy.deepcopy(model), "onnx"
+    )  # reused
+    if not torch.cuda.is_available():
+        assert runtimes.unavailable("eager", torch.device("cuda")) == "torch sees no CUDA device"
+    with pytest.raises(ValueError, match="unknown runtime"):
+        runtimes.unavailable("tensorflow", cpu)
+
+
+def test_training_ratios_get_their_own_tolerance():
+    baseline = check.make_baseline(check.metrics(run_rows(zoo_ips=8000.0, speedup=7.0)), {})
+    assert baseline["tolerances"] == {
+        "train-vs-tutorial/lenet": check.TRAINING_TOLERANCE,
+        "tutorial-accuracy-speedup/lenet": check.TRAINING_TOLERANCE,
+    }
+    failed = {
+        c.name
+        for c in check.compare(baseline, check.metrics(run_rows(zoo_ips=4400.0, speedup=3.9)))
+        if not c.ok
+    }
+    assert failed == {
+        "speedup/lenet/ort-fp32/b1"
+    }  # -45% fails a speed-up (40%), not the training ratio (50%)
+    checks = check.compare(baseline, check.metrics(run_rows(zoo_ips=4400.0)), tolerance=0.3)
+    failed = {c.name for c in checks if not c.ok}
+    assert "train-vs-tutorial/lenet" in failed  # --tolerance overrides every ratio's
