@@ -1,9 +1,11 @@
-"""The command line: python -m mnist_zoo {all,train,evaluate,list,...}.
+"""The command line: python -m mnist_zoo {all,train,evaluate,list,cv,compare,predict}.
 
-    python -m mnist_zoo all                         # train the whole zoo, evaluate on the test set, print a table
+examples:
+    python -m mnist_zoo all                         # train the zoo, evaluate on the test set, export, print tables
     python -m mnist_zoo train lenet --epochs 3 --json
     python -m mnist_zoo evaluate lenet              # accuracy, per-class accuracy, confusion matrix
     python -m mnist_zoo list                        # the zoo: params, multiply-adds, trained? accuracy
+    python -m mnist_zoo compare mlp dnn lenet       # side by side over seeds, with significance tests
 
 Progress bars and logs go to stderr; with --json, stdout carries exactly one JSON object.
 """
