@@ -14,7 +14,6 @@ skip; a runtime that is present but produces a broken export fails loudly instea
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,14 +161,6 @@ def _ort_predictor(runtime: str, path: Path, device: torch.device, threads: int)
                      lambda b: torch.from_numpy(b.copy_outputs_to_cpu()[0]), info)  # fmt: skip
 
 
-def weights_digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 class Exports:
     """The export files of each model (TorchScript, ONNX fp32, ONNX int8), made on first use and reused for
     the session, so every row of a runtime measures the same file. `calibration` feeds the int8 quantiser."""
@@ -180,10 +171,12 @@ class Exports:
         self.seconds: dict[tuple[str, str, str], float] = {}
 
     def path(self, name: str, model: nn.Module, kind: str) -> Path:
+        from export.integrity import weights_digest  # lazily: onnx may be absent, and its rows then skip
+
         key = (
             name,
             kind,
-            weights_digest(model),
+            weights_digest(model.state_dict()),
         )  # the same name may come with other weights (trained or not)
         if key not in self._paths:
             t0 = time.perf_counter()
@@ -192,8 +185,10 @@ class Exports:
         return self._paths[key]
 
     def _make(self, name: str, model: nn.Module, kind: str) -> Path:
+        from export.integrity import weights_digest
+
         cpu_model = copy.deepcopy(model).cpu().eval()
-        stem = f"{name}-{weights_digest(model)[:12]}"
+        stem = f"{name}-{weights_digest(model.state_dict())[:12]}"
         try:
             if kind == "torchscript":
                 from export.to_torchscript import export_torchscript

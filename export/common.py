@@ -12,16 +12,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from mnist_zoo.data import MEAN, STD
-from mnist_zoo.util import atomic_write
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -67,19 +64,6 @@ def prepare(model: nn.Module, softmax: bool = False) -> Exportable:
     for p in model.parameters():
         p.requires_grad_(False)
     return (WithProbabilities if softmax else Exportable)(model).eval()
-
-
-def write_artifact(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """mnist_zoo.util.atomic_write, then the permissions of a normal new file: mkstemp makes its temporary
-    0600, and artifacts are meant to be read by services running as other users."""
-
-    def write_shareable(tmp: Path) -> None:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-
-    return atomic_write(path, write_shareable)
 
 
 def example_input(batch: int = EXAMPLE_BATCH) -> torch.Tensor:

@@ -28,10 +28,10 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from export.common import INPUT_NAME, quiet_exporters, write_artifact
+from export.common import INPUT_NAME, quiet_exporters
 from export.integrity import SEAL_KEY, seal_onnx
 from mnist_zoo.data import Split, normalize
-from mnist_zoo.util import UserError
+from mnist_zoo.util import UserError, atomic_write
 
 CALIBRATION_IMAGES = 1000  # from the training set; more changes the ranges by < 1% and costs seconds
 CALIBRATION_BATCH = 100
@@ -111,4 +111,4 @@ def quantize_int8(
         },
     )
     onnx.checker.check_model(proto, full_check=True)
-    return write_artifact(out_path, lambda tmp: onnx.save_model(proto, tmp, save_as_external_data=False))
+    return atomic_write(out_path, lambda tmp: onnx.save_model(proto, tmp, save_as_external_data=False))

@@ -31,11 +31,10 @@ from export.common import (
     example_input,
     prepare,
     quiet_exporters,
-    write_artifact,
 )
 from export.integrity import seal_onnx
 from mnist_zoo.data import MEAN, STD
-from mnist_zoo.util import UserError
+from mnist_zoo.util import UserError, atomic_write
 
 # The exporter's recommended opset: what torch.onnx uses when none is given (20 in torch 2.14).
 DEFAULT_OPSET: int = torch.onnx._constants.ONNX_DEFAULT_OPSET
@@ -145,7 +144,7 @@ def export_onnx(
     normalisation."""
     proto = build_onnx(model, opset=opset, softmax=softmax, metadata=metadata)
     # onnx.save_model would split out large tensors only when asked; these models are < 1 MB, one file.
-    return write_artifact(path, lambda tmp: onnx.save_model(proto, tmp, save_as_external_data=False))
+    return atomic_write(path, lambda tmp: onnx.save_model(proto, tmp, save_as_external_data=False))
 
 
 def timed_export_onnx(model: nn.Module, path: str | os.PathLike, **kwargs) -> tuple[Path, float]:

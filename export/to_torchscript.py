@@ -27,10 +27,9 @@ from export.common import (
     example_input,
     prepare,
     quiet_exporters,
-    write_artifact,
 )
 from export.integrity import EXTRA_FILE, check_extra_file, extra_file
-from mnist_zoo.util import UserError
+from mnist_zoo.util import UserError, atomic_write
 
 
 def _metadata(metadata: dict | None, fmt: str, softmax: bool) -> dict:
@@ -58,7 +57,7 @@ def export_torchscript(
                 f"TorchScript export failed ({type(e).__name__}: {str(e).strip()[:200]})"
             ) from None
         extra = {EXTRA_FILE: extra_file(_metadata(metadata, "torchscript", softmax), scripted.state_dict())}
-        return write_artifact(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
+        return atomic_write(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
 
 
 def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict]:
@@ -97,7 +96,7 @@ def export_pt2(
             ) as f:  # a file object: torch.export.save insists on the .pt2 suffix for names
                 torch.export.save(program, f, extra_files=extra)
 
-        return write_artifact(path, write)
+        return atomic_write(path, write)
 
 
 def load_pt2(path: str | os.PathLike) -> tuple[nn.Module, dict]:
