@@ -110,7 +110,11 @@ def derive(rows: list[dict]) -> list[dict]:
             r["speedup_vs_eager_best"] = ratio(eager and eager.get("min_s"), r.get("min_s"))
         elif kind == "epoch":
             tutorial = _one(rows, kind="tutorial", model=r["model"])
-            r["vs_tutorial"] = ratio(r["images_per_second"], tutorial and tutorial["images_per_second"])
+            # Prefer the median of adjacent zoo/tutorial pairs (bench/test_training.py): both sides of each of
+            # those ratios are timed seconds apart, where this row and the tutorial row may be minutes apart.
+            r["vs_tutorial"] = (tutorial or {}).get("vs_tutorial_paired") or ratio(
+                r["images_per_second"], tutorial and tutorial["images_per_second"]
+            )
         elif kind == "time-to-accuracy":
             tutorial = _one(rows, kind="tutorial", model=r["model"])
             r["tutorial_accuracy_speedup"] = ratio(tutorial and tutorial["five_epochs_seconds_derived"],

@@ -9,11 +9,16 @@ Rows (extra_info kind):
                     not counted), plus, from the same run, the seconds to the tutorial's final 98.4%
   tutorial          the tutorial's pipeline (bench/tutorial.py: per-sample PIL transforms, 4-worker DataLoader,
                     batch 32) timed step by step on the same machine in the same run; its 5-epoch time is
-                    derived as 300,000 images / its measured images/s (running it takes minutes), and says so
+                    derived as 300,000 images / its measured images/s (running it takes minutes), and says so.
+                    Its steps come in segments, each right after a short zoo run (the default recipe on 10,240
+                    images): zoo vs tutorial images/s is the median over these adjacent pairs, so a machine whose
+                    speed drifts (shared CI hosts do) moves both sides of each ratio alike
 The ratios (zoo images/s vs tutorial, tutorial 5 epochs vs zoo to 98.4%) are filled in at the end of the run.
 """
 
 from __future__ import annotations
+
+import statistics
 
 import pytest
 import torch
@@ -24,7 +29,11 @@ from mnist_zoo.train import recipe_for, train
 
 # Rounds (epochs) timed per model: an epoch of mlp takes about a second, of lenet several.
 EPOCH_ROUNDS = {"mlp": 3, "dnn": 3, "lenet": 2}
-TUTORIAL_STEPS, TUTORIAL_WARMUP = 300, 20  # quick: a third of the steps
+TUTORIAL_STEPS, TUTORIAL_STEPS_QUICK, TUTORIAL_WARMUP = 320, 120, 20
+# Pairs: a zoo run of PAIR_ZOO_IMAGES (80 steps of batch 128, about a second for lenet), then PAIR_STEPS tutorial
+# steps. The first PAIR_REFILL tutorial steps after a zoo run are not timed: the workers filled their queue while
+# the zoo ran, and serving it is not their steady rate.
+PAIR_STEPS, PAIR_REFILL, PAIR_ZOO_IMAGES = 40, 10, 10_240  # 8 pairs, quick: 3
 TUTORIAL_MODELS_QUICK = ("lenet",)  # the ratio the check watches; the others only in full runs
 
 
@@ -80,27 +89,52 @@ def test_time_to_accuracy(
 # about it is expected here.
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("model_name", list_models())
-def test_tutorial_pipeline(benchmark, new_row, bench_options, model_name):
+def test_tutorial_pipeline(benchmark, new_row, bench_options, splits_on, model_name):
     if bench_options.quick and model_name not in TUTORIAL_MODELS_QUICK:
         pytest.skip(
             f"--bench-quick measures the tutorial pipeline for {', '.join(TUTORIAL_MODELS_QUICK)} only"
         )
     threads = bench_options.train_threads
     torch.set_num_threads(threads)
-    steps = TUTORIAL_STEPS // 3 if bench_options.quick else TUTORIAL_STEPS
+    steps = TUTORIAL_STEPS_QUICK if bench_options.quick else TUTORIAL_STEPS
     benchmark.group = "training: tutorial pipeline, seconds per step of 32 images"
+    zoo_recipe = recipe_for(model_name, epochs=1)  # the default recipe's batch size and optimizer
+    zoo_split = splits_on("cpu")[0].subset(torch.arange(PAIR_ZOO_IMAGES))
+    zoo_rates: list[float] = []
     step, close = tutorial.stepper(model_name, seed=0)
+    calls = 0
+
+    def before_step() -> None:  # pedantic's setup, not timed: a zoo run before each segment of tutorial steps
+        nonlocal calls
+        if calls % PAIR_STEPS == 0:
+            zoo_rates.append(train(model_name, zoo_recipe, zoo_split, seed=0).images_per_second)
+            for _ in range(PAIR_REFILL):
+                step()
+        calls += 1
+
     try:
         # Warm-up: worker start-up and the first batches' prefetch are not the pipeline's steady rate.
-        benchmark.pedantic(step, rounds=steps, warmup_rounds=TUTORIAL_WARMUP, iterations=1)
+        for _ in range(TUTORIAL_WARMUP):
+            step()
+        train(model_name, zoo_recipe, zoo_split, seed=0)  # nor is the zoo's first call
+        benchmark.pedantic(step, setup=before_step, rounds=steps, warmup_rounds=0, iterations=1)
     finally:
         close()
     # A stream's rate is images over total time: the mean step, not the median.
     per_step = benchmark.stats.stats.mean
     ips = tutorial.BATCH_SIZE / per_step
+    samples = benchmark.stats.stats.data
+    segments = [samples[i : i + PAIR_STEPS] for i in range(0, len(samples), PAIR_STEPS)]
+    paired = [
+        zoo * sum(seg) / (tutorial.BATCH_SIZE * len(seg))
+        for zoo, seg in zip(zoo_rates, segments, strict=True)
+    ]
     new_row("tutorial", model=model_name, device="cpu", threads=threads, batch_size=tutorial.BATCH_SIZE,
             workers=tutorial.WORKERS, steps=steps, images_per_second=ips,
             five_epochs_seconds_derived=results.TUTORIAL_IMAGES / ips,
             derivation=f"tutorial 5-epoch time = {results.TUTORIAL_IMAGES:,} images / measured {ips:,.0f} images/s "
-            "(derived from its throughput, not run for 5 epochs)")  # fmt: skip
-    assert ips > 0
+            "(derived from its throughput, not run for 5 epochs)",
+            paired_zoo_images_per_second=[round(z) for z in zoo_rates], paired_ratios=[round(p, 3) for p in paired],
+            vs_tutorial_paired=statistics.median(paired),
+            pairing=f"{PAIR_ZOO_IMAGES:,} zoo images, then {PAIR_STEPS} timed tutorial steps")  # fmt: skip
+    assert ips > 0 and paired

@@ -90,20 +90,22 @@ def mlp() -> nn.Module:
 
 @register_model("dnn", "one hidden layer: 784 -> 100 -> ReLU -> 10")
 def dnn() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(inplace=True), nn.Linear(100, 10))
 
 
 @register_model("lenet", "conv 1->10 k5, pool, conv 10->20 k5, pool, fc 320->100->10")
 def lenet() -> nn.Module:
+    # In-place ReLUs: a layer's output is not needed for its own backward pass, so overwriting it saves a
+    # 128 x 10 x 24 x 24 allocation per step (a few % of lenet's CPU training time).
     return nn.Sequential(
         nn.Conv2d(1, 10, kernel_size=5),  # 28 -> 24
-        nn.ReLU(),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),  # 24 -> 12
         nn.Conv2d(10, 20, kernel_size=5),  # 12 -> 8
-        nn.ReLU(),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),  # 8 -> 4, so 20 * 4 * 4 = 320 features
         nn.Flatten(),
         nn.Linear(320, 100),
-        nn.ReLU(),
+        nn.ReLU(inplace=True),
         nn.Linear(100, 10),
     )

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -45,13 +47,15 @@ TUTORIAL = Recipe("tutorial", epochs=5, batch_size=32, lr=0.1)
 # The default recipe: the fastest route we measured to each model's accuracy target on 2 CPU cores.
 # Large-ish batches keep the CPU's matrix kernels busy; Nesterov momentum with a short warm-up and a linear
 # decay to zero converges in a few epochs. Tuned on seed 0 and checked on other seeds (README, "Recipes").
+# lenet's batch of 256 is two slices of 128 trained at once on 2 cores (see default_streams); at that batch a
+# 10% warm-up was unstable (lr 0.2 diverged, 0.12-0.15 lost up to 3 points in short runs), 20% is not.
 DEFAULTS = {
     "mlp": Recipe("default", epochs=10, batch_size=128, lr=0.05, optimizer="nesterov", momentum=0.9,
                   schedule="onecycle", warmup=0.1),
     "dnn": Recipe("default", epochs=10, batch_size=128, lr=0.1, optimizer="nesterov", momentum=0.9,
                   weight_decay=5e-4, schedule="onecycle", warmup=0.1),
-    "lenet": Recipe("default", epochs=4, batch_size=128, lr=0.1, optimizer="nesterov", momentum=0.9,
-                    weight_decay=5e-4, schedule="onecycle", warmup=0.1),
+    "lenet": Recipe("default", epochs=4, batch_size=256, lr=0.15, optimizer="nesterov", momentum=0.9,
+                    weight_decay=5e-4, schedule="onecycle", warmup=0.2),
 }  # fmt: skip
 RECIPES = ("default", "tutorial")
 
@@ -91,6 +95,7 @@ class TrainResult:
     threads: int
     train_seconds: float  # optimisation only: evaluation is not counted
     images_seen: int
+    streams: int = 1  # slices of each batch trained concurrently (see default_streams)
     history: list[dict] = field(default_factory=list)  # one row per evaluation
     final: Evaluation | None = None
 
@@ -122,11 +127,66 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 2000) -> Evaluati
 
 def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
     if r.optimizer in ("sgd", "nesterov"):
-        return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum,
+        # fused: one kernel updates every parameter, instead of a handful of small ops per tensor per step.
+        return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, fused=True,
                                nesterov=r.optimizer == "nesterov", weight_decay=r.weight_decay)  # fmt: skip
     if r.optimizer == "adam":
         return torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     raise UserError(f"unknown optimizer {r.optimizer!r}")
+
+
+# Below this many images per slice, Python's per-op overhead (one interpreter lock for all threads) eats what a
+# second core gains: measured on 2 cores, lenet slices of 128 images ran ~20% faster than one 2-thread stream,
+# slices of 64 only ~5%.
+MIN_STREAM_BATCH = 128
+
+
+def default_streams(device: torch.device | str, batch_size: int, threads: int | None = None) -> int:
+    """How many slices of each batch train concurrently: on a CPU one per thread, while each keeps
+    MIN_STREAM_BATCH images; elsewhere 1."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(threads or torch.get_num_threads(), batch_size // MIN_STREAM_BATCH))
+
+
+@contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float,
+               pool: ThreadPoolExecutor | None, streams: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Set every parameter's .grad to the gradient of the batch's mean loss; returns (loss, correct predictions).
+
+    Why slices: a lenet step on a CPU is a chain of small kernels, and splitting each kernel across the cores
+    scales poorly (1.4x on 2 cores). With a pool, each of its threads takes one slice of the batch through forward
+    and backward on a core of its own, and the main thread adds the slices' gradients in a fixed order: the sum
+    is the whole batch's gradient (up to float rounding) and does not depend on which slice finishes first.
+    """
+    if pool is None:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+    params = list(model.parameters())
+
+    def one_slice(xs: torch.Tensor, ys: torch.Tensor) -> tuple:
+        logits = model(xs)
+        loss = F.cross_entropy(logits, ys, label_smoothing=label_smoothing) * (len(ys) / len(y))
+        return loss.detach(), (logits.detach().argmax(1) == ys).sum(), torch.autograd.grad(loss, params)
+
+    slices = list(pool.map(one_slice, x.tensor_split(streams), y.tensor_split(streams)))
+    for j, p in enumerate(params):
+        p.grad = torch.zeros_like(p)  # in the parameter's memory format, which the fused optimizer expects
+        for _, _, grads in slices:
+            p.grad += grads[j]
+    return sum(s[0] for s in slices), sum(s[1] for s in slices)
 
 
 def _lr_at(r: Recipe, step: int, total: int) -> float:
@@ -149,28 +209,48 @@ def train(
     evals_per_epoch: int = 1,
     on_step: Callable[[dict], None] | None = None,
     stop_at_accuracy: float | None = None,
+    streams: int | None = None,
 ) -> TrainResult:
     """Train `model_name` with `recipe` on `train_split`, evaluating on `eval_split` evals_per_epoch times an epoch.
 
     on_step(info) is called after every step with running loss/accuracy, for progress bars. With
-    stop_at_accuracy, training stops at the first evaluation that reaches it (for time-to-accuracy).
+    stop_at_accuracy, training stops at the first evaluation that reaches it (for time-to-accuracy). streams:
+    slices of each batch trained concurrently, one thread each (default: default_streams; 1 = plain steps).
     """
     device = torch.device(device)
     seed_everything(seed)
     model = get_model(model_name).to(device)
     if device.type == "cpu" and model_name == "lenet":
-        model = model.to(
-            memory_format=torch.channels_last
-        )  # oneDNN convolutions ran ~20% faster this way on CPU
+        # oneDNN's convolutions ran ~20% faster on channels-last tensors on the CPU.
+        model = model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, recipe)
     images, labels = train_split.images.to(device), train_split.labels.to(device)
+    threads = torch.get_num_threads()
+    streams = streams or default_streams(device, recipe.batch_size, threads)
+    if streams < 1:
+        raise UserError(f"streams must be at least 1, got {streams}")
+    result = TrainResult(model, recipe, seed, str(device), threads, 0.0, 0, streams=streams)
+    pool = ThreadPoolExecutor(streams, thread_name_prefix="mnist-zoo-slice") if streams > 1 else None
+    try:
+        with _intra_op_threads(max(1, threads // streams)):
+            return _loop(
+                result, opt, images, labels, eval_split, pool, evals_per_epoch, on_step, stop_at_accuracy
+            )
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _loop(result: TrainResult, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+          eval_split: Split | None, pool: ThreadPoolExecutor | None, evals_per_epoch: int,
+          on_step: Callable[[dict], None] | None, stop_at_accuracy: float | None) -> TrainResult:  # fmt: skip
+    model, recipe, seed, device = result.model, result.recipe, result.seed, torch.device(result.device)
     n = len(labels)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     eval_at = {round(steps_per_epoch * (k + 1) / evals_per_epoch) for k in range(evals_per_epoch)}
     # Shuffling draws from its own CPU generator, so the order is the same on every device.
     gen = torch.Generator().manual_seed(seed)
-    result = TrainResult(model, recipe, seed, str(device), torch.get_num_threads(), 0.0, 0)
     step, clock = 0, 0.0
     for epoch in range(recipe.epochs):
         perm = torch.randperm(n, generator=gen).to(device)
@@ -184,17 +264,14 @@ def train(
             x, y = normalize(images[idx]), labels[idx]
             for g in opt.param_groups:
                 g["lr"] = _lr_at(recipe, step, total)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, correct = _gradients(model, x, y, recipe.label_smoothing, pool, result.streams)
             opt.step()
             step += 1
             seen += len(y)
             result.images_seen += len(y)
             # Running figures stay on the device; reading them back every step would stall a GPU.
-            run_loss += loss.detach() * len(y)
-            run_correct += (logits.detach().argmax(1) == y).sum()
+            run_loss += loss * len(y)
+            run_correct += correct
             if on_step is not None:
                 on_step({"epoch": epoch, "step": step, "total_steps": total, "images": seen,
                          "elapsed": clock + time.perf_counter() - t0,
@@ -206,7 +283,8 @@ def train(
                 row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step, "train_seconds": clock,
                        "train_loss": run_loss.item() / seen, "train_accuracy": run_correct.item() / seen}  # fmt: skip
                 if eval_split is not None:
-                    ev = evaluate(model, eval_split)
+                    with _intra_op_threads(result.threads):  # evaluation uses every thread
+                        ev = evaluate(model, eval_split)
                     row.update(eval_loss=ev.loss, eval_accuracy=ev.accuracy)
                     result.final = ev
                 result.history.append(row)
@@ -218,7 +296,8 @@ def train(
         clock += time.perf_counter() - t0
     result.train_seconds = clock
     if eval_split is not None and (not result.history or result.history[-1]["step"] != step):
-        result.final = evaluate(model, eval_split)
+        with _intra_op_threads(result.threads):
+            result.final = evaluate(model, eval_split)
     model.eval()
     return result
 
@@ -255,7 +334,8 @@ def progress_bar(
 
 
 def fit(model_name: str, recipe: Recipe, train_split: Split, test_split: Split, *, seed: int = 0,
-        device: torch.device | str = "cpu", progress: bool = True, checkpoint: str | None = None) -> dict:  # fmt: skip
+        device: torch.device | str = "cpu", progress: bool = True, checkpoint: str | None = None,
+        streams: int | None = None) -> dict:  # fmt: skip
     """Train on the training set, evaluate on the test set, save the checkpoint; returns the result record."""
     from mnist_zoo.checkpoint import save_checkpoint
     from mnist_zoo.data import DATA_SHA256
@@ -264,12 +344,14 @@ def fit(model_name: str, recipe: Recipe, train_split: Split, test_split: Split, 
     total = math.ceil(len(train_split) / recipe.batch_size) * recipe.epochs
     on_step, bar = progress_bar(f"train {model_name}", total, progress)
     with bar:
-        result = train(model_name, recipe, train_split, test_split, seed=seed, device=device, on_step=on_step)
+        result = train(model_name, recipe, train_split, test_split, seed=seed, device=device, on_step=on_step,
+                       streams=streams)  # fmt: skip
     assert result.final is not None
     record = {
         "model": model_name, "recipe": recipe.name, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
         "lr": recipe.lr, "seed": seed, "test_accuracy": result.final.accuracy, "test_loss": result.final.loss,
         "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
+        "streams": result.streams,
         "recipe_details": result.recipe_dict(), "history": result.history, "data_sha256": DATA_SHA256,
         **environment(device),
     }  # fmt: skip

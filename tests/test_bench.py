@@ -94,6 +94,13 @@ def test_derive_fills_ratios_of_the_same_run():
     assert results.seconds_to([[1.0, 0.97]], 0.984) is None
 
 
+def test_paired_rounds_give_the_training_ratio_when_present():
+    rows = run_rows(tutorial_ips=1000.0, zoo_ips=8000.0)
+    next(r for r in rows if r["kind"] == "tutorial")["vs_tutorial_paired"] = 6.5
+    epoch = next(r for r in results.derive(rows) if r["kind"] == "epoch")
+    assert epoch["vs_tutorial"] == pytest.approx(6.5)  # not 8000 / 1000: those rows were timed apart
+
+
 def test_speedup_needs_eager_at_equal_threads():
     rows = results.derive(
         [inference("lenet", "eager", 1, 1e-3, threads=1), inference("lenet", "ort-fp32", 1, 1e-4)]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
 from mnist_zoo.checkpoint import load_checkpoint, save_checkpoint
 from mnist_zoo.models import get_model
-from mnist_zoo.train import TUTORIAL, _lr_at, evaluate, recipe_for, train
+from mnist_zoo.train import TUTORIAL, _gradients, _lr_at, default_streams, evaluate, recipe_for, train
 from mnist_zoo.util import UserError
 
 
@@ -39,8 +41,9 @@ def test_recipe_overrides_and_errors():
 def test_onecycle_schedule_warms_up_and_decays_to_zero():
     r = recipe_for("lenet")
     lrs = [_lr_at(r, s, 100) for s in range(100)]
-    assert lrs[0] < lrs[5] and max(lrs) == pytest.approx(r.lr)
-    assert lrs[-1] == pytest.approx(r.lr / 90) and lrs == sorted(lrs[:10]) + lrs[10:]
+    warm = round(r.warmup * 100)
+    assert lrs[0] < lrs[5] and max(lrs) == pytest.approx(r.lr) == lrs[warm - 1]
+    assert lrs[-1] == pytest.approx(r.lr / (100 - warm)) and lrs == sorted(lrs[:warm]) + lrs[warm:]
 
 
 def _quick(name, split, test, seed):
@@ -57,6 +60,43 @@ def test_same_seed_same_result(name, train_split, test_split):
         assert torch.equal(va, vb), k
     assert not torch.equal(a.model.state_dict()["1.weight" if name == "dnn" else "0.weight"],
                            c.model.state_dict()["1.weight" if name == "dnn" else "0.weight"])  # fmt: skip
+
+
+def test_default_streams_one_slice_per_thread_while_slices_keep_128_images():
+    assert default_streams("cpu", 256, threads=2) == 2
+    assert default_streams("cpu", 128, threads=2) == 1  # slices of 64: not worth a second stream
+    assert default_streams("cpu", 256, threads=1) == 1
+    assert default_streams("cpu", 1024, threads=4) == 4
+    assert default_streams("cuda", 256, threads=2) == 1
+
+
+def test_batch_slices_add_up_to_the_whole_batch_gradient():
+    torch.manual_seed(0)
+    model = get_model("lenet")
+    x, y = torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,))
+    loss, correct = _gradients(model, x, y, 0.1, None, 1)
+    whole = [p.grad.clone() for p in model.parameters()]
+    with ThreadPoolExecutor(3) as pool:
+        sliced_loss, sliced_correct = _gradients(model, x, y, 0.1, pool, 3)
+    assert sliced_correct.item() == correct.item()
+    torch.testing.assert_close(sliced_loss, loss)
+    for p, g in zip(model.parameters(), whole, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_sliced_training_is_deterministic_and_restores_threads(train_split, test_split):
+    threads = torch.get_num_threads()
+    recipe = recipe_for("lenet", epochs=1, batch_size=256)
+    runs = [train("lenet", recipe, train_split.subset(torch.arange(2560)), test_split.subset(torch.arange(500)),
+                  seed=3, streams=2) for _ in range(2)]  # fmt: skip
+    assert torch.get_num_threads() == threads
+    assert [r.streams for r in runs] == [2, 2]
+    for (k, va), vb in zip(
+        runs[0].model.state_dict().items(), runs[1].model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vb), k
+    with pytest.raises(UserError, match="streams must be at least 1"):
+        train("mlp", recipe, train_split.subset(torch.arange(256)), streams=-1)
 
 
 def test_evaluate_counts_and_confusion(test_split):
