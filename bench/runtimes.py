@@ -103,6 +103,12 @@ def _torch_predictor(
 
 
 def _compiled(model: nn.Module, device: torch.device, threads: int) -> Predictor:
+    # Every zoo model is an nn.Sequential, so all their compiled graphs hang off one code object
+    # (Sequential.forward), and 3 models x 3 batch sizes exceed dynamo's default limit of 8 variants per code
+    # object: under fullgraph=True the ninth would fail instead of being measured.
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # older torch
+    setattr(config, limit, max(getattr(config, limit), 64))
     # fullgraph=True: a graph break would silently run parts eagerly, and the row would not be what it says.
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
     predictor = _torch_predictor("compile", compiled, device, threads, {"compile_seconds": {}})

@@ -30,7 +30,7 @@ from mnist_zoo.train import recipe_for, train
 # Rounds (epochs) timed per model: an epoch of mlp takes about a second, of lenet several.
 EPOCH_ROUNDS = {"mlp": 3, "dnn": 3, "lenet": 2}
 TUTORIAL_STEPS, TUTORIAL_STEPS_QUICK, TUTORIAL_WARMUP = 320, 120, 20
-# Pairs: a zoo run of PAIR_ZOO_IMAGES (80 steps of batch 128, about a second for lenet), then PAIR_STEPS tutorial
+# Pairs: a zoo run of PAIR_ZOO_IMAGES (40 lenet steps of its batch of 256, under a second), then PAIR_STEPS tutorial
 # steps. The first PAIR_REFILL tutorial steps after a zoo run are not timed: the workers filled their queue while
 # the zoo ran, and serving it is not their steady rate.
 PAIR_STEPS, PAIR_REFILL, PAIR_ZOO_IMAGES = 40, 10, 10_240  # 8 pairs, quick: 3
