@@ -104,6 +104,8 @@ def _setup(args: argparse.Namespace):
 
 def _train_one(name: str, args: argparse.Namespace, device, train_split, test_split, checkpoint=None) -> dict:
     recipe = recipe_for(name, args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    if args.streams is not None and args.streams < 1:
+        raise UserError(f"--streams must be at least 1, got {args.streams}")
     return fit(name, recipe, train_split, test_split, seed=args.seed, device=device, streams=args.streams,
                progress=not (args.no_progress or args.json), checkpoint=checkpoint)  # fmt: skip
 

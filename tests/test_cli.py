@@ -36,6 +36,7 @@ def test_unknown_model_is_one_line_no_traceback():
     [
         (["train", "mlp", "--device", "cuda"], "no CUDA device"),
         (["train", "mlp", "--epochs", "0"], "--epochs must be at least 1"),
+        (["train", "lenet", "--streams", "-1"], "--streams must be at least 1"),
         (["train", "mlp", "--data-dir", "/nonexistent"], "does not exist"),
         (["evaluate", "lenet"], "train it first: python -m mnist_zoo train lenet"),
         (["evaluate", "/nonexistent/x.pt"], "no checkpoint at /nonexistent/x.pt"),
