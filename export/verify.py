@@ -13,10 +13,9 @@ points; agreement and logit differences are reported, not bounded.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from torch import nn
 
 from export.common import INPUT_NAME, OUTPUT_NAME, prepare
 from export.integrity import check_onnx_seal
-from mnist_zoo.util import UserError
+from mnist_zoo.util import UserError, torch_threads
 
 MIN_AGREEMENT = 0.9999  # 9,999 of 10,000
 MAX_ABS_DIFF = 1e-4  # fp32 logits
@@ -109,22 +108,12 @@ def _run_torch_all(module: Callable, images: torch.Tensor, batch_size: int) -> l
     return [torch.cat([o[k] for o in out]).float() for k in range(len(out[0]))]
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Pin torch's intra-op threads for a verification run. Verification is not a benchmark: one thread is
-    deterministic and, on a busy machine, many times faster than threads spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def reference_logits(
     model: nn.Module, images: torch.Tensor, batch_size: int = BIG_BATCH, threads: int = 1
 ) -> torch.Tensor:
     """The PyTorch model's fp32 logits, from the same prepared copy the exporters export."""
+    # One thread by default: verification is not a benchmark, and one thread is deterministic and, on a busy
+    # machine, many times faster than threads spinning against other processes.
     with torch_threads(threads):
         return run_torch(prepare(model).model, images, batch_size)
 

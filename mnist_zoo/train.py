@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -25,7 +24,7 @@ from torch import nn
 
 from mnist_zoo.data import Split, normalize
 from mnist_zoo.models import get_model, model_info
-from mnist_zoo.util import UserError, seed_everything
+from mnist_zoo.util import UserError, seed_everything, torch_threads
 
 
 @dataclass(frozen=True)
@@ -149,16 +148,6 @@ def default_streams(device: torch.device | str, batch_size: int, threads: int | 
     return max(1, min(threads or torch.get_num_threads(), batch_size // MIN_STREAM_BATCH))
 
 
-@contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float,
                pool: ThreadPoolExecutor | None, streams: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Set every parameter's .grad to the gradient of the batch's mean loss; returns (loss, correct predictions).
@@ -232,7 +221,7 @@ def train(
     result = TrainResult(model, recipe, seed, str(device), threads, 0.0, 0, streams=streams)
     pool = ThreadPoolExecutor(streams, thread_name_prefix="mnist-zoo-slice") if streams > 1 else None
     try:
-        with _intra_op_threads(max(1, threads // streams)):
+        with torch_threads(max(1, threads // streams)):
             return _loop(
                 result, opt, images, labels, eval_split, pool, evals_per_epoch, on_step, stop_at_accuracy
             )
@@ -283,7 +272,7 @@ def _loop(result: TrainResult, opt: torch.optim.Optimizer, images: torch.Tensor,
                 row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step, "train_seconds": clock,
                        "train_loss": run_loss.item() / seen, "train_accuracy": run_correct.item() / seen}  # fmt: skip
                 if eval_split is not None:
-                    with _intra_op_threads(result.threads):  # evaluation uses every thread
+                    with torch_threads(result.threads):  # evaluation uses every thread
                         ev = evaluate(model, eval_split)
                     row.update(eval_loss=ev.loss, eval_accuracy=ev.accuracy)
                     result.final = ev
@@ -296,7 +285,7 @@ def _loop(result: TrainResult, opt: torch.optim.Optimizer, images: torch.Tensor,
         clock += time.perf_counter() - t0
     result.train_seconds = clock
     if eval_split is not None and (not result.history or result.history[-1]["step"] != step):
-        with _intra_op_threads(result.threads):
+        with torch_threads(result.threads):
             result.final = evaluate(model, eval_split)
     model.eval()
     return result
