@@ -13,9 +13,7 @@ reach their target accuracy, so CI never depends on a cached checkpoint and pays
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,11 +23,6 @@ from bench.runtimes import Exports
 from mnist_zoo import data
 from mnist_zoo.models import get_model
 from mnist_zoo.util import UserError
-
-# As in tests/conftest.py: the shared data beside the checkout when $MNIST_ZOO_DATA is not set.
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-if not os.environ.get("MNIST_ZOO_DATA") and SHARED.is_dir():
-    os.environ["MNIST_ZOO_DATA"] = str(SHARED)
 
 QUICK_BUDGET_S = 0.3  # seconds of timed calls per latency row in --bench-quick (full: --benchmark-max-time)
 SEED = 0
@@ -125,16 +118,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def bench_options(request: pytest.FixtureRequest) -> Options:
     return options(request.config)
-
-
-@pytest.fixture(scope="session")
-def train_split() -> data.Split:
-    return data.load("train")
-
-
-@pytest.fixture(scope="session")
-def test_split() -> data.Split:
-    return data.load("test")
 
 
 @pytest.fixture(scope="session")

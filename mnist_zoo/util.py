@@ -1,8 +1,9 @@
-"""Small shared helpers: atomic writes, device and thread choice, seeding, and the environment record that
-every result carries (seed, versions, threads, device)."""
+"""Small shared helpers: the console pair, atomic writes, device and thread choice, seeding, the environment
+record that every result carries (seed, versions, threads, device), and the error guard of every entry point."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -13,6 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from rich.console import Console
+
+# The one console pair of every command line: results on stdout, progress, notes and errors on stderr.
+out = Console()
+err = Console(stderr=True)
 
 
 class UserError(RuntimeError):
@@ -53,6 +59,10 @@ def _umask() -> int:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_json(path: str | Path, record: dict) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -1,0 +1,65 @@
+"""Every accuracy target, tolerance and speed target the project promises, in one place, each with its reason.
+
+    >>> from mnist_zoo.targets import TARGET_ACCURACY, EXPORT_MIN_AGREEMENT, BENCH_AGREEMENT_FLOOR
+
+Three sets of numbers for related promises:
+  - what each model reaches on the 10,000 test images (the zoo's targets, also the benchmark's accuracy floors);
+  - how closely an exported file answers like its PyTorch model (`python -m export` refuses it otherwise);
+  - how closely every runtime agrees with PyTorch eager in the benchmark (`pytest --benchmark-only`, and CI's
+    `python -m bench check`).
+The benchmark's floors are looser than export verification's on purpose. Export verification certifies one
+file once: the artifact and its source model run on one thread on the CPU, where the same arithmetic in the
+same order gives logits equal to ~1e-6. The benchmark runs every runtime at every thread count and on CUDA,
+where multi-threaded reductions sum in another order and eager convolutions may use TF32; it watches for an
+export that broke, not for rounding. A file that passes export verification passes the benchmark's floors.
+"""
+
+from __future__ import annotations
+
+# Test accuracy each model reaches with its default recipe: time-to-accuracy targets, the benchmark's accuracy
+# floors and the regression check's. Set under the mean of seeds 0-2 (mlp 92.60%, dnn 98.28%, lenet 99.27%) by
+# more than their spread, so a good recipe never fails them by the luck of the seed.
+TARGET_ACCURACY = {"mlp": 0.92, "dnn": 0.975, "lenet": 0.99}
+
+# Export verification, on all 10,000 test images, at batch 1,000 and at batch 1 (export/verify.py).
+EXPORT_MIN_AGREEMENT = 0.9999  # top-1 equal to PyTorch's on 9,999 of 10,000: one exact near-tie may flip
+EXPORT_MAX_ABS_DIFF = 1e-4  # fp32 logits: float32 rounding of a few hundred multiply-adds is ~1e-6
+EXPORT_MAX_INT8_DROP = 0.003  # int8 may cost 0.3 points of test accuracy against its own fp32 model
+
+# The benchmark's floors for every runtime against PyTorch eager (bench/test_accuracy.py, python -m bench check).
+# int8 moves near-ties: mlp, a linear model with many, flips ~1.2% of the test set while losing only 0.2 points
+# of accuracy; a broken quantisation flips far more. CUDA: eager convolutions may use TF32.
+BENCH_AGREEMENT_FLOOR = {"fp32": 0.999, "int8": 0.98}
+BENCH_LOGIT_ATOL = {"cpu": 1e-3, "cuda": 5e-2}
+BENCH_INT8_ALLOWANCE = 0.005  # an int8 runtime may fall this far below the model's TARGET_ACCURACY
+
+# The tutorial's own final accuracy (real test set, after its 5 epochs) and the images those 5 epochs take.
+TUTORIAL_ACCURACY, TUTORIAL_IMAGES = 0.984, 5 * 60_000
+
+# Speed targets from the issues, shown as met or missed in the benchmark summary (machine-dependent, so
+# reported, never asserted).
+TARGET_TRAIN_SPEEDUP = 5.0  # lenet training images/s vs the tutorial pipeline
+TARGET_TTA_SECONDS = 30.0  # lenet to 99% test accuracy
+TARGET_TUTORIAL_ACCURACY_SPEEDUP = 15.0  # lenet to the tutorial's 98.4% vs the tutorial's 5 epochs
+TARGET_EPOCH_SECONDS = 1.5  # mlp and dnn: "about 1 s" per epoch
+TARGET_RUNTIME_SPEEDUP = 5.0  # lenet batch 1: fastest runtime vs eager
+
+# The regression check compares speed ratios with the committed baseline and allows them to fall this far. The
+# training ratios set one process against the tutorial's five (main + 4 workers), so load moves them more
+# (measured here: 1.9x to 5.1x for lenet at 1 thread).
+CHECK_TOLERANCE = 0.4
+CHECK_TRAINING_TOLERANCE = 0.5
+
+# A benchmark row whose IQR / median is above this is marked noisy: its figures moved while it was measured.
+NOISY_SPREAD = 0.10
+
+
+def precision(runtime: str) -> str:
+    """'int8' for the quantised runtimes, else 'fp32'."""
+    return "int8" if runtime.endswith("int8") else "fp32"
+
+
+def accuracy_floor(model: str, runtime: str) -> float:
+    """The test accuracy a runtime must reach for `model` in the benchmark."""
+    allowance = BENCH_INT8_ALLOWANCE if precision(runtime) == "int8" else 0.0
+    return TARGET_ACCURACY[model] - allowance
