@@ -1,37 +1,112 @@
-"""The command line: python -m mnist_zoo {all,train,evaluate,list,cv,compare,predict}.
+"""The command line: python -m mnist_zoo {all,train,evaluate,list,cv,compare,predict,data}.
 
 examples:
-    python -m mnist_zoo all                         # train the zoo, evaluate on the test set, export, print tables
+    python -m mnist_zoo all                         # train the zoo, evaluate it on the test set, print the table
     python -m mnist_zoo train lenet --epochs 3 --json
     python -m mnist_zoo evaluate lenet              # accuracy, per-class accuracy, confusion matrix
+    python -m mnist_zoo evaluate lenet --seeds 5    # retrain with 5 seeds: mean ± std and a 95% interval
+    python -m mnist_zoo compare mlp dnn lenet       # side by side over seeds, and which differences are real
+    python -m mnist_zoo cv lenet --folds 5          # stratified k-fold cross-validation on the training set
+    python -m mnist_zoo predict lenet seven.png     # the digit in an image file, with its probability
     python -m mnist_zoo list                        # the zoo: params, multiply-adds, trained? accuracy
-    python -m mnist_zoo compare mlp dnn lenet       # side by side over seeds, with significance tests
+    python -m mnist_zoo data                        # find, verify and summarise MNIST
 
-Progress bars and logs go to stderr; with --json, stdout carries exactly one JSON object.
+Results go to stdout (with --json: exactly one JSON object); progress bars, notes and errors go to stderr.
+Trained models are exported by `python -m export` and benchmarked by `pytest --benchmark-only`.
+Studies (cv, evaluate --seeds, compare) write JSON records and PNG pictures to the report folder (--report-dir,
+else $MNIST_ZOO_REPORTS, else ./reports) and keep every finished training run there: the same command again
+reuses them (--fresh retrains), so Ctrl-C loses only the run in progress.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-from rich.console import Console
+import torch
 from rich.table import Table
 
-from mnist_zoo import data
-from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, read_checkpoint
+from mnist_zoo import compare, crossval, data, plots, predict
+from mnist_zoo.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoint, read_checkpoint
 from mnist_zoo.models import list_models, model_info
-from mnist_zoo.train import RECIPES, evaluate, fit, recipe_for
-from mnist_zoo.util import UserError, environment, guarded, resolve_device, set_threads
+from mnist_zoo.runs import RunStore, report_dir, stratified_subset
+from mnist_zoo.train import (
+    RECIPES,
+    Progress,
+    confusion_matrix,
+    ensure_trained,
+    evaluate,
+    fit,
+    recipe_for,
+    steps_for,
+)
+from mnist_zoo.util import UserError, environment, err, guarded, out, resolve_device, set_threads, write_json
 
-# Modules that add their own subcommands through register(subparsers): the evaluation harness (cv, compare,
-# predict) lives beside the core rather than inside this file.
-EXTENSIONS = ("mnist_zoo.harness",)
+PROG = "mnist-zoo" if Path(sys.argv[0]).name == "mnist-zoo" else "python -m mnist_zoo"
+# Options that `evaluate` honours only with --seeds (without it, evaluate scores the saved checkpoint).
+SEED_ONLY = ("recipe", "epochs", "seed", "train_size", "report_dir", "no_plots", "no_progress", "fresh")
 
-out = Console()
-err = Console(stderr=True)
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, example: str, doc: str | None = None) -> argparse.ArgumentParser:
+        epilog = f"example: {PROG} {name} {example}"
+        return sub.add_parser(name, help=help, description=doc or help, epilog=epilog, formatter_class=fmt)
+
+    model_help = f"one of: {', '.join(list_models())}"
+    p = command("all", "train every model, evaluate it on the test set, print the results", "--seed 0")
+    _common(p)
+    _training(p)
+
+    p = command("train", "train one model, evaluate it on the 10k test images", "lenet --epochs 3 --json")
+    p.add_argument("model", help=model_help)
+    _common(p)
+    _training(p)
+    p.add_argument("--checkpoint", help="where to save (default: the checkpoint directory, <model>.pt)")
+
+    p = command("evaluate", "test accuracy, per-class accuracy, confusion matrix", "lenet --seeds 5")
+    p.add_argument("model", help="a zoo model name (its saved checkpoint) or a checkpoint path")
+    _common(p)
+    p.add_argument("--seeds", type=int, help="retrain with N seeds: mean, std and a 95%% interval")
+    _training(p, study=True, evaluate=True)
+
+    p = command("list", "the zoo as a table", "--json")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = command("cv", "stratified k-fold cross-validation", "lenet --folds 5", crossval.__doc__)
+    p.add_argument("model", help=model_help)
+    p.add_argument("--folds", type=int, default=crossval.DEFAULT_FOLDS, help="k (default: %(default)s)")
+    _common(p)
+    _training(p, study=True)
+
+    p = command("compare", "models side by side over seeds", "mlp dnn lenet --seeds 5", compare.__doc__)
+    p.add_argument("models", nargs="*", metavar="MODEL", help="two or more models (default: the whole zoo)")
+    seeds = compare.DEFAULT_COMPARE_SEEDS
+    p.add_argument("--seeds", type=int, default=seeds, help="training runs per model (default: %(default)s)")
+    _common(p)
+    _training(p, study=True)
+
+    p = command("predict", "the digit in image files", "lenet seven.png photo.jpg", predict.__doc__)
+    p.add_argument(
+        "model", help="a zoo model (its checkpoint, trained first if missing) or a checkpoint path"
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, ...: any size, colour or grey")
+    _common(p)
+    p.add_argument("--save-prepared", action="store_true", help="also draw the 28x28 inputs the model got")
+    p.add_argument(
+        "--report-dir", help="where --save-prepared writes (default: $MNIST_ZOO_REPORTS, reports/)"
+    )
+
+    p = command("data", "find, verify and summarise MNIST", "--data-dir ../shared/data/mnist", data.__doc__)
+    p.add_argument("--data-dir", help="MNIST directory (default: $MNIST_ZOO_DATA, then cache, download, npm)")
+    return parser
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -41,157 +116,123 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default="default", choices=RECIPES, help="training recipe (default: default)")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
-    p.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--streams", type=int, help="slices of each batch trained at once on a CPU, each on its own "
-                   "thread (default: one per thread while a slice keeps 128 images; 1 = plain steps)")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+def _training(p: argparse.ArgumentParser, study: bool = False, evaluate: bool = False) -> None:
+    """The options of every command that trains. On `evaluate` they default to None, so that using one without
+    --seeds is caught rather than silently ignored, and their help says so."""
+    group = p.add_argument_group("training (with --seeds only)") if evaluate else p
+
+    def add(*flags: str, default=None, **kwargs) -> None:
+        group.add_argument(*flags, default=None if evaluate else default, **kwargs)
+
+    add("--recipe", choices=RECIPES, default="default", help="training recipe (default: default)")
+    add("--epochs", type=int, help="override the recipe's epochs (fewer: faster, less accurate)")
+    add("--seed", type=int, default=0, help=f"{'first ' if study else ''}random seed (default: 0)")
+    add("--no-progress", action="store_true", default=False, help="no progress bar")
+    if not study:
+        add("--batch-size", type=int, help="override the recipe's batch size")
+        add("--lr", type=float, help="override the recipe's peak learning rate")
+        streams = "slices of each batch trained at once on a CPU, each on its own thread (default: one per"
+        add("--streams", type=int, help=f"{streams} thread while a slice keeps 128 images; 1 = plain steps)")
+        return
+    add("--train-size", type=int, metavar="N", help="train on a stratified subset of N training images")
+    add("--report-dir", help="JSON and pictures go here (default: $MNIST_ZOO_REPORTS or reports/)")
+    add("--no-plots", action="store_true", default=False, help="numbers only, no pictures")
+    add("--fresh", action="store_true", default=False, help="retrain instead of reusing saved runs")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="python -m mnist_zoo", description=__doc__, formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("all", help="train every model, export and verify it, print the results", formatter_class=fmt,
-                       epilog="example: python -m mnist_zoo all --seed 0 --out artifacts")  # fmt: skip
-    _common(p)
-    _train_args(p)
-    p.add_argument("--out", default="artifacts", help="where the exports go (default: artifacts/)")
-    p.add_argument("--no-export", action="store_true", help="train and evaluate only")
-    p.set_defaults(func=cmd_all)
-
-    p = sub.add_parser("train", help="train one model on the 60k training set, evaluate on the 10k test set",
-                       epilog="example: python -m mnist_zoo train lenet --epochs 3 --json")  # fmt: skip
-    p.add_argument("model", help=f"one of: {', '.join(list_models())}")
-    _common(p)
-    _train_args(p)
-    p.add_argument("--checkpoint", help="where to save (default: the checkpoint directory, <model>.pt)")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a checkpoint",
-                       epilog="example: python -m mnist_zoo evaluate lenet --json")  # fmt: skip
-    p.add_argument("model", help="a zoo model name (its saved checkpoint) or a checkpoint path")
-    _common(p)
-    p.add_argument(
-        "--seeds", type=int, help="retrain with this many seeds and report mean, std and a 95%% CI"
-    )
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("list", help="the zoo as a table", epilog="example: python -m mnist_zoo list")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=cmd_list)
-
-    for name in EXTENSIONS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
-    return parser
-
-
-def _setup(args: argparse.Namespace):
+def _setup(args: argparse.Namespace) -> torch.device:
     set_threads(args.threads)
     return resolve_device(args.device)
 
 
-def _train_one(name: str, args: argparse.Namespace, device, train_split, test_split, checkpoint=None) -> dict:
+def _progress(args: argparse.Namespace) -> bool:
+    return not (args.no_progress or args.json)
+
+
+# --- all, train, evaluate, list, data -------------------------------------------------------------------------
+
+
+def _fit(name: str, args: argparse.Namespace, device: torch.device, checkpoint: str | None = None) -> dict:
     recipe = recipe_for(name, args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     if args.streams is not None and args.streams < 1:
         raise UserError(f"--streams must be at least 1, got {args.streams}")
-    return fit(name, recipe, train_split, test_split, seed=args.seed, device=device, streams=args.streams,
-               progress=not (args.no_progress or args.json), checkpoint=checkpoint)  # fmt: skip
-
-
-def results_table(records: list[dict], title: str) -> Table:
-    t = Table(title=title)
-    for col in ("model", "recipe", "epochs", "test accuracy", "train s", "images/s", "checkpoint"):
-        t.add_column(col, justify="right" if col not in ("model", "recipe", "checkpoint") else "left")
-    for r in records:
-        t.add_row(r["model"], r["recipe"], str(r["epochs"]), f"{r['test_accuracy']:.2%}",
-                  f"{r['train_seconds']:.1f}", f"{r['images_per_second']:,.0f}", r["checkpoint"])  # fmt: skip
-    return t
-
-
-def _machine(record: dict) -> str:
-    streams = f" ({record['streams']} concurrent batch slices)" if record.get("streams", 1) > 1 else ""
-    return (f"{record['device_name']} ({record['device']}), {record['threads']} threads{streams}, "
-            f"torch {record['torch_version']}, seed {record['seed']}")  # fmt: skip
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    model_info(args.model)
-    device = _setup(args)
     train_split, test_split = data.load("train", args.data_dir), data.load("test", args.data_dir)
-    record = _train_one(args.model, args, device, train_split, test_split, args.checkpoint)
-    if args.json:
-        print(json.dumps(record))
-    else:
-        out.print(results_table([record], f"mnist-zoo: {_machine(record)}"))
-    return 0
+    options = dict(seed=args.seed, device=device, streams=args.streams, checkpoint=checkpoint)
+    return fit(name, recipe, train_split, test_split, progress=_progress(args), **options)
+
+
+def _results_table(records: list[dict]) -> Table:
+    r = records[0]
+    slices = f", {r['streams']} batch slices at once" if r.get("streams", 1) > 1 else ""
+    title = f"{r['device_name']} ({r['device']}), {r['threads']} threads{slices}, torch {r['torch_version']}"
+    t = Table(title=f"{title}, seed {r['seed']}")
+    for col in ("model", "recipe", "epochs", "test accuracy", "train s", "images/s"):
+        t.add_column(col, justify="left" if col in ("model", "recipe") else "right")
+    for r in records:
+        speed = (f"{r['train_seconds']:.1f}", f"{r['images_per_second']:,.0f}")
+        t.add_row(r["model"], r["recipe"], str(r["epochs"]), f"{r['test_accuracy']:.2%}", *speed)
+    return t
 
 
 def cmd_all(args: argparse.Namespace) -> int:
     device = _setup(args)
-    train_split, test_split = data.load("train", args.data_dir), data.load("test", args.data_dir)
-    records = [_train_one(name, args, device, train_split, test_split) for name in list_models()]
+    records = [_fit(name, args, device) for name in list_models()]
     if args.json:
         print(json.dumps({"results": records}))
-    else:
-        out.print(results_table(records, f"mnist-zoo, real test set: {_machine(records[0])}"))
-    if args.no_export or args.json:
         return 0
-    try:
-        from export.cli import main as export_main
-    except ImportError as e:  # the export extra is optional
-        err.print(f"export skipped: {e.name} is not installed (pip install -e '.[export]')")
+    out.print(_results_table(records))
+    out.print(f"checkpoints in {checkpoint_dir()}", highlight=False)
+    out.print("next: [bold]python -m export all[/] exports and verifies them")
+    out.print("      [bold]pytest --benchmark-only[/] measures them on this machine")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    model_info(args.model)
+    record = _fit(args.model, args, _setup(args), args.checkpoint)
+    if args.json:
+        print(json.dumps(record))
         return 0
-    argv = ["all", "--onnx", "--torchscript", "--out", args.out, "--no-progress"]
-    code = export_main(argv + (["--data-dir", args.data_dir] if args.data_dir else []))
-    if code == 0:
-        out.print(
-            "next: [bold]pytest --benchmark-only[/] measures latency and training speed on this machine"
-        )
-    return code
+    out.print(_results_table([record]))
+    out.print(f"checkpoint {record['checkpoint']}", highlight=False)
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.seeds is not None:
-        try:
-            harness = importlib.import_module("mnist_zoo.harness")
-        except ModuleNotFoundError:
-            raise UserError("--seeds needs the evaluation harness (mnist_zoo/harness.py)") from None
-        return harness.evaluate_seeds(args)
+        return _evaluate_seeds(args)
+    given = [f"--{k.replace('_', '-')}" for k in SEED_ONLY if getattr(args, k) is not None]
+    if given:
+        why = "only apply with --seeds N (retraining); plain evaluate scores the saved checkpoint"
+        raise UserError(f"{', '.join(given)} {why}")
     device = _setup(args)
     model, meta = load_checkpoint(args.model)
     test_split = data.load("test", args.data_dir)
     ev = evaluate(model.to(device), test_split)
-    confusion = ev.confusion(test_split.labels)
+    confusion = confusion_matrix(ev.predictions, test_split.labels)
     per_class = (confusion.diag().float() / confusion.sum(1).float()).tolist()
-    record = {"model": meta["model"], "checkpoint": str(checkpoint_path(args.model)),
-              "test_accuracy": ev.accuracy, "test_loss": ev.loss, "per_class_accuracy": per_class,
-              "confusion_matrix": confusion.tolist(), "trained_with": {k: meta.get(k) for k in
-              ("recipe", "epochs", "seed", "torch_version", "data_sha256")}, **environment(device)}  # fmt: skip
+    trained_with = {k: meta.get(k) for k in ("recipe", "epochs", "seed", "torch_version", "data_sha256")}
+    record = {"model": meta["model"], "checkpoint": str(checkpoint_path(args.model))}
+    record.update(
+        test_accuracy=ev.accuracy,
+        test_loss=ev.loss,
+        per_class_accuracy=per_class,
+        confusion_matrix=confusion.tolist(),
+    )
+    record.update(trained_with=trained_with, **environment(device))
     if args.json:
         print(json.dumps(record))
         return 0
-    out.print(f"[bold]{meta['model']}[/]: test accuracy [bold]{ev.accuracy:.2%}[/] on {len(test_split):,} "
-              f"test images (loss {ev.loss:.4f}); checkpoint {record['checkpoint']}")  # fmt: skip
-    t = Table(title="confusion matrix (rows: true digit, columns: predicted)")
-    t.add_column("true", justify="right")
+    scored = f"on {len(test_split):,} test images (loss {ev.loss:.4f})"
+    out.print(f"[bold]{meta['model']}[/]: test accuracy [bold]{ev.accuracy:.2%}[/] {scored}")
+    out.print(f"checkpoint {record['checkpoint']}", highlight=False)
+    t = Table(title="confusion matrix (rows: true digit, columns: predicted)", box=None, padding=(0, 1))
+    for col in ("true", *map(str, range(10)), "accuracy"):
+        t.add_column(col, justify="right")
     for d in range(10):
-        t.add_column(str(d), justify="right")
-    t.add_column("accuracy", justify="right")
-    for d in range(10):
-        cells = [f"[bold green]{v}[/]" if i == d else (f"[red]{v}[/]" if v else "[dim]0[/]")
-                 for i, v in enumerate(confusion[d].tolist())]  # fmt: skip
+        style = ["red" if v else "dim" for v in confusion[d].tolist()]
+        style[d] = "bold green"  # the diagonal: right answers; red: mistakes
+        cells = [f"[{s}]{v}[/]" for s, v in zip(style, confusion[d].tolist(), strict=True)]
         t.add_row(str(d), *cells, f"{per_class[d]:.2%}")
     out.print(t)
     return 0
@@ -200,10 +241,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for name in list_models():
-        info = model_info(name)
-        row = {"model": name, "description": info.description, "params": info.params, "macs": info.macs,
-               "trained": False, "test_accuracy": None, "checkpoint": str(checkpoint_path(name))}  # fmt: skip
-        if checkpoint_path(name).is_file():
+        info, path = model_info(name), checkpoint_path(name)
+        row = {"model": name, "description": info.description, "params": info.params, "macs": info.macs}
+        row.update(trained=False, test_accuracy=None, checkpoint=str(path))
+        if path.is_file():
             try:
                 meta = read_checkpoint(name)["meta"]
                 row.update(trained=True, test_accuracy=meta.get("test_accuracy"), recipe=meta.get("recipe"))
@@ -214,19 +255,303 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps({"models": rows}))
         return 0
     t = Table(title="mnist-zoo models")
-    for col in ("model", "layers", "params", "multiply-adds", "trained", "test accuracy"):
-        t.add_column(col, justify="right" if col in ("params", "multiply-adds", "test accuracy") else "left")
+    for col in ("model", "params", "multiply-adds", "trained", "test accuracy"):
+        t.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
         acc = f"{r['test_accuracy']:.2%}" if r["test_accuracy"] is not None else "-"
         trained = "damaged" if "error" in r else ("yes" if r["trained"] else "no")
-        t.add_row(r["model"], r["description"], f"{r['params']:,}", f"{r['macs']:,}", trained, acc)
+        t.add_row(r["model"], f"{r['params']:,}", f"{r['macs']:,}", trained, acc)
     out.print(t)
+    for r in rows:
+        out.print(f"  {r['model']:<6} {r['description']}", highlight=False)
+    out.print(f"checkpoints in {checkpoint_dir()}", highlight=False)
     return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    for split in data.SPLITS:
+        s = data.load(split, args.data_dir)
+        x = s.images.float() / 255
+        counts = torch.bincount(s.labels, minlength=10).tolist()
+        print(f"{split}: {len(s):,} images, mean {x.mean():.4f} std {x.std():.4f}, label counts {counts}")
+    print(f"verified against pinned SHA-256; data id {data.DATA_SHA256[:16]}")
+    return 0
+
+
+# --- the studies: cv, evaluate --seeds, compare -----------------------------------------------------------
+
+
+def _training_data(args: argparse.Namespace) -> tuple[data.Split, dict | None]:
+    """The 60k training images, or the stratified --train-size subset of them (and how it was drawn)."""
+    split = data.load("train", args.data_dir)
+    if args.train_size is None or args.train_size == len(split):
+        return split, None
+    subset = stratified_subset(split.labels, args.train_size)
+    return split.subset(subset), {"size": args.train_size, "stratified": True}
+
+
+def _draw(args: argparse.Namespace, record: dict, draw: Callable[[], dict[str, Path]]) -> None:
+    """record["plots"] = draw() (name -> path) unless --no-plots or matplotlib is missing; then say why."""
+    record["plots"] = {}
+    if getattr(args, "no_plots", False):
+        record["plots_skipped"] = "--no-plots"
+    elif not plots.available():
+        record["plots_skipped"] = "matplotlib is not installed (pip install 'mnist-zoo[plots]')"
+    else:
+        record["plots"] = {name: str(path) for name, path in draw().items()}
+
+
+def _print_files(record: dict) -> None:
+    """The pictures and the JSON record, one path a line."""
+    if record.get("plots_skipped"):
+        out.print(f"pictures skipped: {record['plots_skipped']}")
+    files = {**record.get("plots", {}), **({"results": record["report"]} if "report" in record else {})}
+    for name, path in files.items():
+        out.print(f"  {name:<16} {path}", highlight=False)
+
+
+def _mean_std(s: dict) -> str:
+    return f"{s['mean']:.2%}" + (f" ± {s['std']:.2%}" if s["std"] is not None else "")
+
+
+def _interval(s: dict) -> str:
+    return "needs 2+ runs" if s["ci_low"] is None else f"{s['ci_low'] * 100:.2f}-{s['ci_high']:.2%}"
+
+
+def _note_reused(store: RunStore) -> None:
+    if store.reused:
+        err.print(f"reused {store.reused} saved run(s) from {store.directory} (--fresh retrains them)")
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    recipe = recipe_for(args.model, args.recipe, epochs=args.epochs)
+    device = _setup(args)
+    split, subset = _training_data(args)
+    folder = report_dir(args.report_dir)
+    summary_path, stem = folder / f"cv-{args.model}.json", folder / f"cv-{args.model}"
+    store = RunStore(folder, fresh=args.fresh)
+    options = dict(folds=args.folds, seed=args.seed, device=device, store=store, subset=subset)
+    try:
+        summary = crossval.cross_validate(
+            args.model, recipe, split, summary_path=summary_path, progress=_progress(args), **options
+        )
+    except KeyboardInterrupt:
+        if summary_path.is_file():
+            done = json.loads(summary_path.read_text()).get("folds_done", 0)
+            err.print(f"{done} finished fold(s) saved in {summary_path}; the same command again resumes")
+        raise
+    _note_reused(store)
+    summary["report"], folds = str(summary_path), summary["fold_results"]
+
+    def draw() -> dict[str, Path]:
+        curves = [(f"fold {r['fold']}", r["history"]) for r in folds]
+        title = f"{args.model}: {args.folds}-fold cross-validation, {recipe.epochs} epoch(s) per fold"
+        scores = {args.model: [r["accuracy"] for r in folds]}
+        box_title = f"{args.model}: held-out accuracy of each of {args.folds} folds"
+        return {
+            "curves": plots.learning_curves(curves, f"{stem}-curves.png", title, heldout="held-out fold"),
+            "scores": plots.score_boxplot(scores, f"{stem}-scores.png", box_title, "held-out fold"),
+        }
+
+    _draw(args, summary, draw)
+    write_json(summary_path, summary)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    t = Table(
+        title=f"{args.model}: stratified {args.folds}-fold cross-validation on {len(split):,} training images"
+    )
+    for col in ("fold", "train images", "held-out", "held-out accuracy", "held-out loss", "train s"):
+        t.add_column(col, justify="right")
+    for r in folds:
+        seconds = f"{r['train_seconds']:.1f}" + (" (saved)" if r["reused"] else "")
+        images = f"{r['train_images']:,}", f"{r['heldout_images']:,}"
+        t.add_row(str(r["fold"]), *images, f"{r['accuracy']:.2%}", f"{r['loss']:.4f}", seconds)
+    out.print(t)
+    s = summary["accuracy"]
+    how = f"recipe {recipe.name}, {recipe.epochs} epoch(s), seed {args.seed}; wall time {summary['wall_seconds']:.0f} s"
+    out.print(
+        f"[bold]{args.model}[/]: held-out accuracy [bold]{_mean_std(s)}[/] (mean ± std over {s['n']} folds)"
+    )
+    out.print(f"95% interval of the mean: {_interval(s)}; {how}")
+    _print_files(summary)
+    return 0
+
+
+def _studies(args: argparse.Namespace, models: list[str], n_seeds: int) -> tuple:
+    """Train (or reuse) n_seeds runs of every model under one progress bar."""
+    if not 1 <= n_seeds <= compare.MAX_SEEDS:
+        raise UserError(f"--seeds must be between 1 and {compare.MAX_SEEDS}, got {n_seeds}")
+    recipes = {m: recipe_for(m, args.recipe or "default", epochs=args.epochs) for m in models}
+    first = args.seed or 0
+    seeds = list(range(first, first + n_seeds))
+    device = _setup(args)
+    train, subset = _training_data(args)
+    test = data.load("test", args.data_dir)
+    store = RunStore(report_dir(args.report_dir), fresh=bool(args.fresh))
+    total = sum(steps_for(len(train), recipes[m]) * n_seeds for m in models)
+    studies, predictions = [], []
+    try:
+        with Progress("train", total, _progress(args)) as bar:
+            for m in models:
+                options = dict(seeds=seeds, device=device, store=store, progress=bar, subset=subset)
+                study, preds = compare.seed_study(m, recipes[m], train, test, **options)
+                studies.append(study)
+                predictions.append(preds)
+    except KeyboardInterrupt:
+        err.print(
+            f"{store.saved} run(s) finished and saved in {store.directory}; the same command again reuses them"
+        )
+        raise
+    _note_reused(store)
+    return studies, predictions, test, device
+
+
+def _evaluate_seeds(args: argparse.Namespace) -> int:
+    """`evaluate MODEL --seeds N`: retrain MODEL with N seeds; test accuracy mean ± std and a 95% interval."""
+    if args.model not in list_models():
+        zoo = ", ".join(list_models())
+        raise UserError(
+            f"--seeds retrains from scratch, so MODEL must be a zoo model ({zoo}), not {args.model!r}"
+        )
+    start = time.perf_counter()
+    studies, predictions, test, device = _studies(args, [args.model], args.seeds)
+    study = studies[0]
+    stem = report_dir(args.report_dir) / f"seeds-{args.model}"
+    record = {"schema": compare.SEEDS_SCHEMA, "command": "evaluate", **study, "report": f"{stem}.json"}
+    _draw(args, record, lambda: plots.seed_pictures(study, predictions[0], test, str(stem)))
+    record.update(wall_seconds=time.perf_counter() - start, **environment(device))
+    write_json(stem.with_suffix(".json"), record)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    title = f"{args.model}: {len(study['runs'])} seed(s), each trained on {study['train_images']:,} images"
+    t = Table(title=f"{title} and scored on {study['test_images']:,} test images")
+    for col in ("seed", "test accuracy", "test loss", "train s", "images/s"):
+        t.add_column(col, justify="right")
+    for r in study["runs"]:
+        seconds = f"{r['train_seconds']:.1f}" + (" (saved)" if r["reused"] else "")
+        scores = f"{r['accuracy']:.2%}", f"{r['loss']:.4f}"
+        t.add_row(str(r["seed"]), *scores, seconds, f"{r['images_per_second']:,.0f}")
+    out.print(t)
+    s = study["accuracy"]
+    out.print(
+        f"[bold]{args.model}[/]: test accuracy [bold]{_mean_std(s)}[/] (mean ± std over {s['n']} seed(s))"
+    )
+    out.print(f"95% interval of the mean: {_interval(s)}")
+    _print_files(record)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    models = args.models or list_models()
+    for m in models:
+        model_info(m)
+    if len(set(models)) != len(models) or len(models) < 2:
+        raise UserError("compare needs two or more different models, e.g. compare mlp dnn lenet")
+    start = time.perf_counter()
+    studies, predictions, test, device = _studies(args, models, args.seeds)
+    pairs = compare.compare_pairs(studies, predictions, test.labels)
+    folder = report_dir(args.report_dir)
+    stem = folder / f"compare-{'-'.join(models)}"
+    record = {"schema": compare.COMPARE_SCHEMA, "command": "compare", "models": studies, "pairs": pairs}
+    record["report"] = f"{stem}.json"
+
+    def draw() -> dict[str, Path]:
+        scores = {s["model"]: [r["accuracy"] for r in s["runs"]] for s in studies}
+        title = f"test accuracy, {args.seeds} seed(s) per model"
+        paths = {"scores": plots.score_boxplot(scores, f"{stem}-scores.png", title, "test set")}
+        for s, p in zip(studies, predictions, strict=True):
+            for name, path in plots.seed_pictures(s, p, test, str(folder / f"seeds-{s['model']}")).items():
+                paths[f"{s['model']} {name}"] = path
+        return paths
+
+    _draw(args, record, draw)
+    record.update(wall_seconds=time.perf_counter() - start, **environment(device))
+    write_json(stem.with_suffix(".json"), record)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    t = Table(
+        title=f"{len(studies)} models, {args.seeds} seed(s) each, scored on the same {len(test):,} test images"
+    )
+    for col in ("model", "params", "accuracy (mean ± std)", "95% CI", "range", "train s"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for s in studies:
+        a, span = s["accuracy"], f"{s['accuracy']['min'] * 100:.2f}-{s['accuracy']['max']:.2%}"
+        params, seconds = f"{model_info(s['model']).params:,}", f"{s['train_seconds']['mean']:.1f}"
+        t.add_row(s["model"], params, _mean_std(a), _interval(a), span, seconds)
+    out.print(t)
+    caption = "McNemar: the same test images, worst of the seeds. Welch: the per-seed accuracies."
+    t = Table(title="is the difference real? (significant: p < 0.05 on every test)", caption=caption)
+    for col in ("pair", "difference", "McNemar p", "Welch p", "significant"):
+        t.add_column(col, justify="left" if col == "pair" else "right")
+    for p in pairs:
+        worst = _p(max(m["p_value"] for m in p["mcnemar"]))
+        welch_p = _p(p["welch"]["p_value"]) if p["welch"] else "needs 2+ seeds"
+        yes = "[bold green]yes[/]" if p["significant"] else "[yellow]no[/]"
+        t.add_row(f"{p['a']} vs {p['b']}", f"{p['difference'] * 100:+.2f} points", worst, welch_p, yes)
+    out.print(t)
+    for p in pairs:
+        out.print(f"- {p['words']}", highlight=False)
+    _print_files(record)
+    return 0
+
+
+def _p(p: float | None) -> str:
+    return compare.format_p(p).removeprefix("p ").removeprefix("= ")
+
+
+# --- predict -------------------------------------------------------------------------------------------------
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit status 0 when every file was answered, 1 when any file could not be read (the rest still are)."""
+    device = _setup(args)
+    if args.model in list_models():  # its checkpoint, trained first with the default recipe if missing
+        model, meta = ensure_trained(args.model, data_dir=args.data_dir, progress=not args.json)
+    else:
+        model, meta = load_checkpoint(args.model)
+    results, prepared = predict.predict_files(model.to(device), args.files)
+    record = {"schema": "mnist-zoo/predict/1", "command": "predict", "model": meta["model"]}
+    record.update(checkpoint=str(checkpoint_path(args.model)), results=results, **environment(device))
+    good = [(r, p) for r, p in zip(results, prepared, strict=True) if p is not None]
+    if args.save_prepared and good:
+        name = report_dir(args.report_dir) / f"predict-{meta['model']}-inputs.png"
+        captions = [f"{Path(r['file']).name[:14]}\n{r['digit']} ({r['probability']:.0%})" for r, _ in good]
+        title = f"what {meta['model']} was given: 28x28, MNIST-style (file, digit, probability)"
+        images = [p.image for _, p in good]
+        _draw(args, record, lambda: {"inputs": plots.digit_grid(images, captions, name, title)})
+    if args.json:
+        print(json.dumps(record))
+    else:
+        for r in results:
+            if r["ok"]:
+                unsure = "  (unsure)" if r["probability"] < 0.5 else ""
+                out.print(
+                    f"{r['file']}: [bold]{r['digit']}[/] ({r['probability']:.1%}){unsure}", highlight=False
+                )
+            else:
+                print(f"error: {r['file']}: {r['error']}", file=sys.stderr)  # one line, never wrapped
+        _print_files(record)
+    return 0 if len(good) == len(results) else 1
+
+
+COMMANDS = {
+    "all": cmd_all,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "list": cmd_list,
+    "cv": cmd_cv,
+    "compare": cmd_compare,
+    "predict": cmd_predict,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return guarded(lambda: args.func(args))
+    return guarded(lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

@@ -11,21 +11,28 @@ Each fold trains on the other k-1 folds and reports accuracy on the held-out one
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from mnist_zoo.compare import summarize
 from mnist_zoo.data import Split
-from mnist_zoo.runs import RunStore, StudyProgress, steps_for
-from mnist_zoo.stats import summarize
-from mnist_zoo.train import Recipe
-from mnist_zoo.util import UserError, atomic_write, environment
+from mnist_zoo.runs import RunStore
+from mnist_zoo.train import Progress, Recipe, steps_for
+from mnist_zoo.util import UserError, environment, write_json
 
 DEFAULT_FOLDS = 5
 CV_SCHEMA = "mnist-zoo/cv/1"
+FOLD_FIELDS = (
+    "accuracy",
+    "loss",
+    "train_seconds",
+    "history",
+    "reused",
+    "run_file",
+)  # kept of each fold's run
 
 
 def stratified_folds(labels: torch.Tensor, k: int, seed: int = 0) -> list[torch.Tensor]:
@@ -48,41 +55,56 @@ def stratified_folds(labels: torch.Tensor, k: int, seed: int = 0) -> list[torch.
     return [torch.sort(ordered[fold_of == f]).values for f in range(k)]
 
 
-def cross_validate(model: str, recipe: Recipe, split: Split, *, folds: int, seed: int, device: torch.device,
-                   store: RunStore, summary_path: Path, progress: bool = True,
-                   subset: dict | None = None) -> dict:  # fmt: skip
+def cross_validate(
+    model: str,
+    recipe: Recipe,
+    split: Split,
+    *,
+    folds: int,
+    seed: int,
+    device: torch.device,
+    store: RunStore,
+    summary_path: Path,
+    progress: bool = True,
+    subset: dict | None = None,
+) -> dict:
     """Run (or reuse) every fold, rewriting `summary_path` after each; returns the summary.
 
     `subset` describes how `split` was drawn from the training set (for the run keys and the record)."""
     held_out = stratified_folds(split.labels, folds, seed)
-    everything = torch.arange(len(split))
     summary = {
-        "schema": CV_SCHEMA, "command": "cv", "model": model, "folds": folds, "seed": seed,
-        "recipe": asdict(recipe), "images": len(split), "subset": subset, "complete": False, "folds_done": 0,
-        "fold_results": [], "accuracy": None, "wall_seconds": 0.0, **environment(device),
-    }  # fmt: skip
+        "schema": CV_SCHEMA,
+        "command": "cv",
+        "model": model,
+        "folds": folds,
+        "seed": seed,
+        "recipe": asdict(recipe),
+        "images": len(split),
+        "subset": subset,
+        "complete": False,
+        "folds_done": 0,
+        "fold_results": [],
+        "accuracy": None,
+        "wall_seconds": 0.0,
+        **environment(device),
+    }
     train_sizes = [len(split) - len(h) for h in held_out]
     write_json(summary_path, summary)  # from the start, the file on disk describes this run, not an older one
     start = time.perf_counter()
-    with StudyProgress(f"cv {model}", sum(steps_for(n, recipe) for n in train_sizes), progress) as bar:
+    with Progress(f"cv {model}", sum(steps_for(n, recipe) for n in train_sizes), progress) as bar:
         for f, held in enumerate(held_out):
-            mask = torch.ones(len(split), dtype=torch.bool)
-            mask[held] = False
+            rest = torch.ones(len(split), dtype=torch.bool)
+            rest[held] = False
             config = {"data": "train", "subset": subset, "fold": f, "folds": folds, "fold_seed": seed}
-            record = store.run(model, recipe, split.subset(everything[mask]), split.subset(held), seed=seed,
-                               label=f"cv{folds}-fold{f + 1}", config=config, device=device,
-                               progress=bar)  # fmt: skip
-            summary["fold_results"].append({
-                "fold": f + 1, "train_images": record["train_size"], "heldout_images": record["eval_size"],
-                "accuracy": record["accuracy"], "loss": record["loss"], "train_seconds": record["train_seconds"],
-                "history": record["history"], "reused": record["reused"], "run_file": record["run_file"],
-            })  # fmt: skip
-            accuracies = [r["accuracy"] for r in summary["fold_results"]]
-            summary.update(folds_done=f + 1, complete=f + 1 == folds, accuracy=summarize(accuracies),
-                           wall_seconds=time.perf_counter() - start)  # fmt: skip
+            options = dict(
+                seed=seed, label=f"cv{folds}-fold{f + 1}", config=config, device=device, progress=bar
+            )
+            record = store.run(model, recipe, split.subset(rest), split.subset(held), **options)
+            result = {"fold": f + 1, "train_images": len(split) - len(held), "heldout_images": len(held)}
+            result.update({k: record[k] for k in FOLD_FIELDS})
+            summary["fold_results"].append(result)
+            accuracy = summarize([r["accuracy"] for r in summary["fold_results"]])
+            summary.update(folds_done=f + 1, complete=f + 1 == folds, accuracy=accuracy)
+            summary["wall_seconds"] = time.perf_counter() - start
             write_json(summary_path, summary)
     return summary
-
-
-def write_json(path: Path, record: dict) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))

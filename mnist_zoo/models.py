@@ -30,6 +30,8 @@ class ModelInfo:
     description: str
     params: int
     macs: int  # multiply-adds per image, forward pass
+    # Train in channels-last memory format on a CPU: oneDNN's convolutions ran ~20% faster with it (lenet).
+    channels_last: bool = False
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -55,20 +57,20 @@ def count_macs(model: nn.Module) -> int:
     return macs
 
 
-def register_model(name: str, description: str) -> Callable:
+def register_model(name: str, description: str, channels_last: bool = False) -> Callable:
     """Decorator: add a model builder to the zoo under `name`."""
 
     def wrap(builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         model = builder()
         params = sum(p.numel() for p in model.parameters())
-        _REGISTRY[name] = ModelInfo(name, builder, description, params, count_macs(model))
+        _REGISTRY[name] = ModelInfo(name, builder, description, params, count_macs(model), channels_last)
         return builder
 
     return wrap
 
 
 def list_models() -> list[str]:
-    """Model names, smallest first (registration order)."""
+    """Model names in registration order: the tutorial's order, fewest multiply-adds first."""
     return list(_REGISTRY)
 
 
@@ -93,7 +95,7 @@ def dnn() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(inplace=True), nn.Linear(100, 10))
 
 
-@register_model("lenet", "conv 1->10 k5, pool, conv 10->20 k5, pool, fc 320->100->10")
+@register_model("lenet", "conv 1->10 k5, pool, conv 10->20 k5, pool, fc 320->100->10", channels_last=True)
 def lenet() -> nn.Module:
     # In-place ReLUs: a layer's output is not needed for its own backward pass, so overwriting it saves a
     # 128 x 10 x 24 x 24 allocation per step (a few % of lenet's CPU training time).

@@ -3,6 +3,7 @@ matrix as a heatmap, and grids of digits (the misclassified test digits, or what
 
     >>> from mnist_zoo import plots
     >>> plots.learning_curves([("fold 1", history), ...], "reports/cv-lenet-curves.png", "lenet, 5-fold cv")
+    >>> plots.seed_pictures(study, predictions, test_split, "reports/seeds-lenet")   # all four of a seed study
 
 Each function writes one file atomically and returns its path. matplotlib is an optional dependency
 (`pip install mnist-zoo[plots]`): without it, `available()` is False and callers print the numbers only.
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnist_zoo.data import Split
+from mnist_zoo.train import confusion_matrix
 from mnist_zoo.util import atomic_write
 
 DPI = 100  # pixel size = figure size in inches x DPI (no tight bounding box, so the size is exact and known)
@@ -56,8 +59,9 @@ def _save(fig, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
-def learning_curves(runs: Sequence[tuple[str, list[dict]]], path: str | Path, title: str,
-                    heldout: str = "held-out") -> Path:  # fmt: skip
+def learning_curves(
+    runs: Sequence[tuple[str, list[dict]]], path: str | Path, title: str, heldout: str = "held-out"
+) -> Path:
     """Loss (log scale) and accuracy per epoch: one colour per run, solid = training, dashed = `heldout`."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter
@@ -87,8 +91,10 @@ def learning_curves(runs: Sequence[tuple[str, list[dict]]], path: str | Path, ti
     handles = [
         Line2D([], [], color=c, lw=2, label=label) for (label, _), c in zip(runs, colours, strict=True)
     ]
-    handles += [Line2D([], [], color="k", ls="-", marker="o", ms=3, label="training"),
-                Line2D([], [], color="k", ls="--", marker="s", ms=3, label=heldout)]  # fmt: skip
+    handles += [
+        Line2D([], [], color="k", ls="-", marker="o", ms=3, label="training"),
+        Line2D([], [], color="k", ls="--", marker="s", ms=3, label=heldout),
+    ]
     ax_acc.legend(handles=handles, fontsize=8, loc="lower right", ncol=2 if len(handles) > 8 else 1)
     fig.suptitle(title)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.86, wspace=0.25)
@@ -110,8 +116,14 @@ def score_boxplot(groups: dict[str, Sequence[float]], path: str | Path, title: s
         offsets = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else [0.0]
         ax.plot(i + np.asarray(offsets), vals, "o", color="C0", ms=5, alpha=0.8, zorder=3)
         mean, std = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-        ax.annotate(f"{mean:.2f}% ± {std:.2f}%", (i, max(vals)), xytext=(0, 8), textcoords="offset points",
-                    ha="center", fontsize=9)  # fmt: skip
+        ax.annotate(
+            f"{mean:.2f}% ± {std:.2f}%",
+            (i, max(vals)),
+            xytext=(0, 8),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+        )
     lo, hi = min(map(min, values)), max(map(max, values))
     pad = max(0.05, (hi - lo) * 0.15)
     ax.set_ylim(lo - pad, min(hi + 2 * pad, 100.0))  # room for the labels, but never above 100%
@@ -178,3 +190,30 @@ def digit_grid(
     top = 1 - 0.55 / fig.get_figheight()
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.1, hspace=0.45)
     return _save(fig, path)
+
+
+def seed_pictures(study: dict, predictions: list[torch.Tensor], test: Split, stem: str) -> dict[str, Path]:
+    """Learning curves and score box plot of every seed; confusion matrix and misclassified digits of the first."""
+    m, runs = study["model"], study["runs"]
+    first, seed0, accuracy0 = predictions[0], runs[0]["seed"], runs[0]["accuracy"]
+    wrong = (first != test.labels).nonzero().flatten()
+    captions = [f"{int(test.labels[i])} → {int(first[i])}" for i in wrong.tolist()]
+    curves = [(f"seed {r['seed']}", r["history"]) for r in runs]
+    scores = {m: [r["accuracy"] for r in runs]}
+    shown = f"{min(len(wrong), MAX_GRID)} of {len(wrong)} misclassified test digits (true → predicted)"
+    right = f"{accuracy0:.2%} of {len(test):,} test images right"
+    return {
+        "curves": learning_curves(
+            curves,
+            f"{stem}-curves.png",
+            f"{m}: {len(runs)} seed(s), test set after each epoch",
+            heldout="test",
+        ),
+        "scores": score_boxplot(scores, f"{stem}-scores.png", f"{m}: {len(runs)} seed(s)", "test set"),
+        "confusion": confusion_heatmap(
+            confusion_matrix(first, test.labels), f"{stem}-confusion.png", f"{m} (seed {seed0}): {right}"
+        ),
+        "errors": digit_grid(
+            test.images[wrong], captions, f"{stem}-errors.png", f"{m} (seed {seed0}): {shown}"
+        ),
+    }

@@ -25,9 +25,8 @@ from mnist_zoo.data import normalize
 
 CANVAS, BOX = 28, 20  # MNIST: a 20x20 box inside a 28x28 field
 MIN_CONTRAST = 0.08  # ink must stand out from the background by 8% of full scale, else the image is blank
-BOX_FLOOR = (
-    0.05  # ink fainter than 5% of the strongest stays out of the crop box: JPEG ringing would widen it
-)
+# Ink fainter than 5% of the strongest stays out of the crop box: JPEG ringing would widen it.
+BOX_FLOOR = 0.05
 PAPER_QUANTILE = 0.98  # the paper's own noise: this quantile of the border's distance from the background
 
 
@@ -101,7 +100,9 @@ def prepare_array(grey: np.ndarray) -> tuple[np.ndarray, bool]:
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     background = float(np.median(border))
     # Paper grain, shadows and JPEG noise: whatever the border itself varies by is not ink. A clean image
-    # (MNIST's own digits, a drawing) has none, and then this is the identity: MNIST round-trips exactly.
+    # (MNIST's own digits, a drawing) has none. MNIST's digits come through nearly unchanged: 831 of the first
+    # 1,000 test digits exactly, the rest re-cropped and rescaled a little (their faintest edge pixels fall
+    # under BOX_FLOOR), half of them within one grey level of the original.
     noise = float(np.quantile(np.abs(border - background), PAPER_QUANTILE))
     inverted = background > 0.5  # a light border means dark ink on light paper: MNIST wants the opposite
     if inverted:
@@ -120,8 +121,9 @@ def prepare_array(grey: np.ndarray) -> tuple[np.ndarray, bool]:
     scale = BOX / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     # Anti-aliased resize, as MNIST's were: a thin stroke shrinks to grey, not to a broken line.
-    box = F.interpolate(torch.from_numpy(ink)[None, None].float(), size=size, mode="bilinear",
-                        antialias=True, align_corners=False)[0, 0].clamp(0, 1).numpy()  # fmt: skip
+    ink = torch.from_numpy(ink)[None, None].float()
+    box = F.interpolate(ink, size=size, mode="bilinear", antialias=True, align_corners=False)
+    box = box[0, 0].clamp(0, 1).numpy()
     total = box.sum()
     if total <= 0:
         raise ImageError("no digit found after scaling (the ink is too faint or too small)")
@@ -154,17 +156,16 @@ def predict_files(model: nn.Module, paths: list[str]) -> tuple[list[dict], list[
             results.append({"file": str(p), "ok": False, "error": str(e)})
             prepared.append(None)
             continue
-        results.append({"file": str(p), "ok": True, "inverted": item.inverted, "width": item.width,
-                        "height": item.height, "mode": item.mode})  # fmt: skip
+        size = {"width": item.width, "height": item.height, "mode": item.mode}
+        results.append({"file": str(p), "ok": True, "inverted": item.inverted, **size})
         prepared.append(item)
     good = [i for i, item in enumerate(prepared) if item is not None]
     if good:
         device = next(model.parameters()).device
         batch = torch.from_numpy(np.stack([prepared[i].image for i in good])).to(device)
         model.eval()
-        probs = torch.softmax(
-            model(normalize(batch)).float(), dim=1
-        ).cpu()  # softmax belongs here, not in the model
+        logits = model(normalize(batch)).float()
+        probs = torch.softmax(logits, dim=1).cpu()  # the softmax belongs here, not in the model
         for i, p in zip(good, probs, strict=True):
             digit = int(p.argmax())
             results[i].update(

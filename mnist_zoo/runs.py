@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -22,16 +21,12 @@ from pathlib import Path
 import torch
 
 from mnist_zoo.data import DATA_SHA256, Split
-from mnist_zoo.train import Recipe, train
+from mnist_zoo.train import Progress, Recipe, steps_for, train
 from mnist_zoo.util import UserError, atomic_write, environment
 
-REPORT_DIR = (
-    "reports"  # default report folder, relative to the working directory ($MNIST_ZOO_REPORTS overrides)
-)
+REPORT_DIR = "reports"  # relative to the working directory; $MNIST_ZOO_REPORTS or --report-dir override it
 RUN_SCHEMA = "mnist-zoo/run/1"
-SUBSET_SEED = (
-    0  # --train-size draws the same stratified subset for every model and seed, so they stay comparable
-)
+SUBSET_SEED = 0  # --train-size draws the same subset for every model and seed, so they stay comparable
 
 
 def report_dir(path: str | Path | None = None) -> Path:
@@ -91,14 +86,32 @@ class RunStore:
             return None
         return record
 
-    def run(self, model: str, recipe: Recipe, train_split: Split, eval_split: Split, *, seed: int, label: str,
-            config: dict, device: torch.device | str = "cpu", progress: StudyProgress | None = None,
-            keep_predictions: bool = False) -> dict:  # fmt: skip
+    def run(
+        self,
+        model: str,
+        recipe: Recipe,
+        train_split: Split,
+        eval_split: Split,
+        *,
+        seed: int,
+        label: str,
+        config: dict,
+        device: torch.device | str = "cpu",
+        progress: Progress | None = None,
+        keep_predictions: bool = False,
+    ) -> dict:
         """Train (or reuse) one run; returns its record. `config` describes the images (which subset, fold)."""
         device = torch.device(device)
-        settings = {"model": model, "recipe": asdict(recipe), "seed": seed, "data_sha256": DATA_SHA256,
-                    "torch_version": str(torch.__version__), "device": device.type,
-                    "threads": torch.get_num_threads(), **config}  # fmt: skip
+        settings = {
+            "model": model,
+            "recipe": asdict(recipe),
+            "seed": seed,
+            "data_sha256": DATA_SHA256,
+            **config,
+        }
+        settings.update(
+            torch_version=str(torch.__version__), device=device.type, threads=torch.get_num_threads()
+        )
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         path = self.path(model, label, key)
         saved = self._load(path, key)
@@ -108,81 +121,29 @@ class RunStore:
             if progress is not None:
                 progress.skip(label, steps)
             return {**saved, "reused": True, "run_file": str(path)}
-        on_step = progress.start(label, steps) if progress is not None else None
+        on_step = progress.run(label, steps) if progress is not None else None
         result = train(model, recipe, train_split, eval_split, seed=seed, device=device, on_step=on_step)
         assert result.final is not None
         record = {
-            "schema": RUN_SCHEMA, "key": key, "model": model, "label": label, "seed": seed,
-            "recipe": asdict(recipe), "config": config, "train_size": len(train_split),
-            "eval_size": len(eval_split), "accuracy": result.final.accuracy, "loss": result.final.loss,
-            "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
-            "history": result.history, "data_sha256": DATA_SHA256, **environment(device),
-        }  # fmt: skip
+            "schema": RUN_SCHEMA,
+            "key": key,
+            "model": model,
+            "label": label,
+            "seed": seed,
+            "recipe": asdict(recipe),
+            "config": config,
+            "train_size": len(train_split),
+            "eval_size": len(eval_split),
+            "accuracy": result.final.accuracy,
+            "loss": result.final.loss,
+            "train_seconds": result.train_seconds,
+            "images_per_second": result.images_per_second,
+            "history": result.history,
+            "data_sha256": DATA_SHA256,
+            **environment(device),
+        }
         if keep_predictions:
             record["predictions"] = encode_predictions(result.final.predictions)
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record)))
         self.saved += 1
         return {**record, "reused": False, "run_file": str(path)}
-
-
-def steps_for(train_size: int, recipe: Recipe) -> int:
-    return math.ceil(train_size / recipe.batch_size) * recipe.epochs
-
-
-class StudyProgress:
-    """One progress bar across many runs (folds or seeds), with the time left: `with StudyProgress(...) as p:`.
-
-    p.start(label, steps) returns the on_step callback for train(); p.skip(label, steps) accounts for a reused run."""
-
-    def __init__(self, description: str, total_steps: int, enabled: bool = True):
-        self.enabled, self.offset, self.description = enabled, 0, description
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("left"),
-                                 TimeRemainingColumn(), console=Console(stderr=True))  # fmt: skip
-        self.task = self.progress.add_task(description, total=total_steps, stats="")
-
-    def __enter__(self) -> StudyProgress:
-        if self.enabled:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.progress.stop()
-
-    def start(self, label: str, steps: int):
-        base = self.offset
-        self.offset += steps
-        if not self.enabled:
-            return None
-        self.progress.update(self.task, description=f"{self.description} {label}", completed=base)
-
-        def on_step(info: dict) -> None:
-            # Reading the running loss back from the device every step would stall a GPU: every 25 steps only.
-            if info["step"] % 25 and info["step"] != info["total_steps"]:
-                return
-            loss = info["loss"].item() / info["images"]
-            acc = info["correct"].item() / info["images"]
-            stats = f"epoch {info['epoch'] + 1}  loss {loss:.4f}  acc {acc:.2%}"
-            self.progress.update(self.task, completed=base + info["step"], stats=stats)
-
-        return on_step
-
-    def skip(self, label: str, steps: int) -> None:
-        """A reused run: its steps leave the total rather than fill the bar, so the time left stays honest."""
-        if self.enabled:
-            total = self.progress.tasks[0].total - steps
-            self.progress.update(self.task, description=f"{self.description} {label} (saved)", total=total,
-                                 completed=self.offset)  # fmt: skip

@@ -2,8 +2,10 @@
 
     python -m mnist_zoo train lenet                       # default recipe, seed 0
     python -m mnist_zoo train lenet --recipe tutorial     # the tutorial's settings, on logits
-    >>> from mnist_zoo.train import train, recipe_for
-    >>> result = train("dnn", recipe_for("dnn", "default"), seed=0)
+    >>> from mnist_zoo import data
+    >>> from mnist_zoo.train import recipe_for, train
+    >>> result = train("dnn", recipe_for("dnn"), data.load("train"), data.load("test"), seed=0)
+    >>> result.final.accuracy
 
 No DataLoader and no per-sample transforms: normalising a 60,000-image uint8 tensor slice by slice on the
 training device costs microseconds, where the tutorial's PIL-per-image pipeline with 4 worker processes spends
@@ -13,6 +15,7 @@ most of a 2-core machine on Python overhead and inter-process copies.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +23,14 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 from torch import nn
 
-from mnist_zoo.data import Split, normalize
+from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from mnist_zoo.data import DATA_SHA256, Split, load, normalize
 from mnist_zoo.models import get_model, model_info
-from mnist_zoo.util import UserError, seed_everything, torch_threads
+from mnist_zoo.util import UserError, environment, err, resolve_device, seed_everything, torch_threads
 
 
 @dataclass(frozen=True)
@@ -33,12 +39,11 @@ class Recipe:
     epochs: int
     batch_size: int
     lr: float  # peak learning rate
-    optimizer: str = "sgd"  # sgd | nesterov | adam
+    optimizer: str = "sgd"  # sgd | nesterov (SGD with Nesterov momentum)
     momentum: float = 0.0
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | onecycle (linear warm-up then linear decay to zero)
     warmup: float = 0.0  # fraction of steps spent warming up (onecycle)
-    label_smoothing: float = 0.0
 
 
 # The tutorial's settings (SGD lr 0.1, batch 32, 5 epochs), but trained on logits.
@@ -48,15 +53,17 @@ TUTORIAL = Recipe("tutorial", epochs=5, batch_size=32, lr=0.1)
 # decay to zero converges in a few epochs. Tuned on seed 0 and checked on other seeds (README, "Recipes").
 # lenet's batch of 256 is two slices of 128 trained at once on 2 cores (see default_streams); at that batch a
 # 10% warm-up was unstable (lr 0.2 diverged, 0.12-0.15 lost up to 3 points in short runs), 20% is not.
+_NESTEROV = dict(optimizer="nesterov", momentum=0.9, schedule="onecycle")
 DEFAULTS = {
-    "mlp": Recipe("default", epochs=10, batch_size=128, lr=0.05, optimizer="nesterov", momentum=0.9,
-                  schedule="onecycle", warmup=0.1),
-    "dnn": Recipe("default", epochs=10, batch_size=128, lr=0.1, optimizer="nesterov", momentum=0.9,
-                  weight_decay=5e-4, schedule="onecycle", warmup=0.1),
-    "lenet": Recipe("default", epochs=4, batch_size=256, lr=0.15, optimizer="nesterov", momentum=0.9,
-                    weight_decay=5e-4, schedule="onecycle", warmup=0.2),
-}  # fmt: skip
+    "mlp": Recipe("default", epochs=10, batch_size=128, lr=0.05, warmup=0.1, **_NESTEROV),
+    "dnn": Recipe("default", epochs=10, batch_size=128, lr=0.1, warmup=0.1, weight_decay=5e-4, **_NESTEROV),
+    "lenet": Recipe("default", epochs=4, batch_size=256, lr=0.15, warmup=0.2, weight_decay=5e-4, **_NESTEROV),
+}
 RECIPES = ("default", "tutorial")
+# Below this many images per slice, Python's per-op overhead (one interpreter lock for all threads) eats what a
+# second core gains: measured on 2 cores, lenet slices of 128 images ran ~20% faster than one 2-thread stream,
+# slices of 64 only ~5%.
+MIN_STREAM_BATCH = 128
 
 
 def recipe_for(model: str, recipe: str = "default", **overrides) -> Recipe:
@@ -64,14 +71,30 @@ def recipe_for(model: str, recipe: str = "default", **overrides) -> Recipe:
     model_info(model)  # validates the name
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
-    base = DEFAULTS[model] if recipe == "default" else TUTORIAL
     overrides = {k: v for k, v in overrides.items() if v is not None}
     for key in ("epochs", "batch_size"):
         if key in overrides and overrides[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {overrides[key]}")
     if "lr" in overrides and not overrides["lr"] > 0:
         raise UserError(f"--lr must be positive, got {overrides['lr']}")
-    return replace(base, **overrides)
+    return replace(DEFAULTS[model] if recipe == "default" else TUTORIAL, **overrides)
+
+
+def lr_at(r: Recipe, step: int, total: int) -> float:
+    if r.schedule == "constant":
+        return r.lr
+    warm = max(1, round(r.warmup * total))
+    if step < warm:
+        return r.lr * (step + 1) / warm
+    return r.lr * max(0.0, (total - step) / max(1, total - warm))
+
+
+def default_streams(device: torch.device | str, batch_size: int, threads: int | None = None) -> int:
+    """How many slices of each batch train concurrently: on a CPU one per thread, while each keeps
+    MIN_STREAM_BATCH images; elsewhere 1."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(threads or torch.get_num_threads(), batch_size // MIN_STREAM_BATCH))
 
 
 @dataclass
@@ -79,10 +102,6 @@ class Evaluation:
     accuracy: float
     loss: float
     predictions: torch.Tensor  # int64 [N], on the CPU
-
-    def confusion(self, labels: torch.Tensor) -> torch.Tensor:
-        """10x10 counts: row = true digit, column = predicted digit."""
-        return torch.bincount(labels.cpu() * 10 + self.predictions, minlength=100).reshape(10, 10)
 
 
 @dataclass
@@ -92,18 +111,15 @@ class TrainResult:
     seed: int
     device: str
     threads: int
-    train_seconds: float  # optimisation only: evaluation is not counted
-    images_seen: int
-    streams: int = 1  # slices of each batch trained concurrently (see default_streams)
+    streams: int  # slices of each batch trained concurrently (see default_streams)
+    train_seconds: float = 0.0  # optimisation only: evaluation is not counted
+    images_seen: int = 0
     history: list[dict] = field(default_factory=list)  # one row per evaluation
     final: Evaluation | None = None
 
     @property
     def images_per_second(self) -> float:
         return self.images_seen / self.train_seconds if self.train_seconds > 0 else math.nan
-
-    def recipe_dict(self) -> dict:
-        return asdict(self.recipe)
 
 
 @torch.no_grad()
@@ -124,67 +140,53 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 2000) -> Evaluati
     return Evaluation(correct / len(labels), loss / len(labels), predictions.cpu())
 
 
-def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
-    if r.optimizer in ("sgd", "nesterov"):
-        # fused: one kernel updates every parameter, instead of a handful of small ops per tensor per step.
-        return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, fused=True,
-                               nesterov=r.optimizer == "nesterov", weight_decay=r.weight_decay)  # fmt: skip
-    if r.optimizer == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
-    raise UserError(f"unknown optimizer {r.optimizer!r}")
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """10x10 counts: row = true digit, column = predicted digit."""
+    return torch.bincount(labels.cpu() * 10 + predictions.cpu(), minlength=100).reshape(10, 10)
 
 
-# Below this many images per slice, Python's per-op overhead (one interpreter lock for all threads) eats what a
-# second core gains: measured on 2 cores, lenet slices of 128 images ran ~20% faster than one 2-thread stream,
-# slices of 64 only ~5%.
-MIN_STREAM_BATCH = 128
+class SliceStep:
+    """grad(x, y): set every parameter's .grad to the gradient of the batch's mean loss; returns (loss, correct).
 
+    With one stream, a plain forward and backward pass. Why slices on a CPU: a lenet step is a chain of small
+    kernels, and splitting each kernel across the cores scales poorly (1.4x on 2 cores). With `streams` > 1, a
+    pool thread per slice takes its part of the batch through forward and backward on a core of its own, and
+    the main thread adds the slices' gradients in a fixed order: the sum is the whole batch's gradient (up to
+    float rounding) and does not depend on which slice finishes first."""
 
-def default_streams(device: torch.device | str, batch_size: int, threads: int | None = None) -> int:
-    """How many slices of each batch train concurrently: on a CPU one per thread, while each keeps
-    MIN_STREAM_BATCH images; elsewhere 1."""
-    if torch.device(device).type != "cpu":
-        return 1
-    return max(1, min(threads or torch.get_num_threads(), batch_size // MIN_STREAM_BATCH))
+    def __init__(self, model: nn.Module, streams: int) -> None:
+        self.model, self.streams, self.params = model, streams, list(model.parameters())
+        self.pool = ThreadPoolExecutor(streams, thread_name_prefix="mnist-zoo-slice") if streams > 1 else None
 
+    def __enter__(self) -> SliceStep:
+        return self
 
-def _gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float,
-               pool: ThreadPoolExecutor | None, streams: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Set every parameter's .grad to the gradient of the batch's mean loss; returns (loss, correct predictions).
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
-    Why slices: a lenet step on a CPU is a chain of small kernels, and splitting each kernel across the cores
-    scales poorly (1.4x on 2 cores). With a pool, each of its threads takes one slice of the batch through forward
-    and backward on a core of its own, and the main thread adds the slices' gradients in a fixed order: the sum
-    is the whole batch's gradient (up to float rounding) and does not depend on which slice finishes first.
-    """
-    if pool is None:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-        return loss.detach(), (logits.detach().argmax(1) == y).sum()
-    params = list(model.parameters())
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pool is None:
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            self.model.zero_grad(set_to_none=True)
+            loss.backward()
+            return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
-    def one_slice(xs: torch.Tensor, ys: torch.Tensor) -> tuple:
-        logits = model(xs)
-        loss = F.cross_entropy(logits, ys, label_smoothing=label_smoothing) * (len(ys) / len(y))
-        return loss.detach(), (logits.detach().argmax(1) == ys).sum(), torch.autograd.grad(loss, params)
+        def one_slice(xs: torch.Tensor, ys: torch.Tensor) -> tuple:
+            logits = self.model(xs)
+            loss = F.cross_entropy(logits, ys) * (len(ys) / len(y))
+            grads = torch.autograd.grad(loss, self.params)
+            return loss.detach(), (logits.detach().argmax(1) == ys).sum(), grads
 
-    slices = list(pool.map(one_slice, x.tensor_split(streams), y.tensor_split(streams)))
-    for j, p in enumerate(params):
-        p.grad = torch.zeros_like(p)  # in the parameter's memory format, which the fused optimizer expects
-        for _, _, grads in slices:
-            p.grad += grads[j]
-    return sum(s[0] for s in slices), sum(s[1] for s in slices)
-
-
-def _lr_at(r: Recipe, step: int, total: int) -> float:
-    if r.schedule == "constant":
-        return r.lr
-    warm = max(1, round(r.warmup * total))
-    if step < warm:
-        return r.lr * (step + 1) / warm
-    return r.lr * max(0.0, (total - step) / max(1, total - warm))
+        slices = list(self.pool.map(one_slice, x.tensor_split(self.streams), y.tensor_split(self.streams)))
+        for j, p in enumerate(self.params):
+            p.grad = torch.zeros_like(
+                p
+            )  # in the parameter's memory format, which the fused optimizer expects
+            for *_, grads in slices:
+                p.grad += grads[j]
+        return sum(s[0] for s in slices), sum(s[1] for s in slices)
 
 
 def train(
@@ -207,160 +209,199 @@ def train(
     slices of each batch trained concurrently, one thread each (default: default_streams; 1 = plain steps).
     """
     device = torch.device(device)
-    seed_everything(seed)
-    model = get_model(model_name).to(device)
-    if device.type == "cpu" and model_name == "lenet":
-        # oneDNN's convolutions ran ~20% faster on channels-last tensors on the CPU.
-        model = model.to(memory_format=torch.channels_last)
-    opt = _optimizer(model, recipe)
-    images, labels = train_split.images.to(device), train_split.labels.to(device)
     threads = torch.get_num_threads()
-    streams = streams or default_streams(device, recipe.batch_size, threads)
+    streams = default_streams(device, recipe.batch_size, threads) if streams is None else streams
     if streams < 1:
         raise UserError(f"streams must be at least 1, got {streams}")
-    result = TrainResult(model, recipe, seed, str(device), threads, 0.0, 0, streams=streams)
-    pool = ThreadPoolExecutor(streams, thread_name_prefix="mnist-zoo-slice") if streams > 1 else None
-    try:
-        with torch_threads(max(1, threads // streams)):
-            return _loop(
-                result, opt, images, labels, eval_split, pool, evals_per_epoch, on_step, stop_at_accuracy
-            )
-    finally:
-        if pool is not None:
-            pool.shutdown()
-
-
-def _loop(result: TrainResult, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-          eval_split: Split | None, pool: ThreadPoolExecutor | None, evals_per_epoch: int,
-          on_step: Callable[[dict], None] | None, stop_at_accuracy: float | None) -> TrainResult:  # fmt: skip
-    model, recipe, seed, device = result.model, result.recipe, result.seed, torch.device(result.device)
-    n = len(labels)
-    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    seed_everything(seed)
+    model = get_model(model_name).to(device)
+    if device.type == "cpu" and model_info(model_name).channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # fused: one kernel updates every parameter, instead of a handful of small ops per tensor per step.
+    nesterov = recipe.optimizer == "nesterov"
+    opt = torch.optim.SGD(
+        model.parameters(),
+        recipe.lr,
+        recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=nesterov,
+        fused=True,
+    )
+    images, labels = train_split.images.to(device), train_split.labels.to(device)
+    n, batch = len(labels), recipe.batch_size
+    steps_per_epoch = math.ceil(n / batch)
     total = steps_per_epoch * recipe.epochs
     eval_at = {round(steps_per_epoch * (k + 1) / evals_per_epoch) for k in range(evals_per_epoch)}
+    result = TrainResult(model, recipe, seed, str(device), threads, streams)
     # Shuffling draws from its own CPU generator, so the order is the same on every device.
     gen = torch.Generator().manual_seed(seed)
-    step, clock = 0, 0.0
-    for epoch in range(recipe.epochs):
-        perm = torch.randperm(n, generator=gen).to(device)
-        run_loss = torch.zeros((), device=device)
-        run_correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        model.train()
-        t0 = time.perf_counter()
-        for i in range(steps_per_epoch):
-            idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-            x, y = normalize(images[idx]), labels[idx]
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(recipe, step, total)
-            loss, correct = _gradients(model, x, y, recipe.label_smoothing, pool, result.streams)
-            opt.step()
-            step += 1
-            seen += len(y)
-            result.images_seen += len(y)
+    step, evaluating = 0, 0.0  # evaluation seconds, left out of the training time
+    start = _now(device)
+    with SliceStep(model, streams) as gradient, torch_threads(max(1, threads // streams)):
+        for epoch in range(recipe.epochs):
+            perm = torch.randperm(n, generator=gen).to(device)
             # Running figures stay on the device; reading them back every step would stall a GPU.
-            run_loss += loss * len(y)
-            run_correct += correct
-            if on_step is not None:
-                on_step({"epoch": epoch, "step": step, "total_steps": total, "images": seen,
-                         "elapsed": clock + time.perf_counter() - t0,
-                         "loss": run_loss, "correct": run_correct})  # fmt: skip
-            if i + 1 in eval_at:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                clock += time.perf_counter() - t0
-                row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step, "train_seconds": clock,
-                       "train_loss": run_loss.item() / seen, "train_accuracy": run_correct.item() / seen}  # fmt: skip
+            run_loss = torch.zeros((), device=device)
+            run_correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            model.train()
+            for i in range(steps_per_epoch):
+                idx = perm[i * batch : (i + 1) * batch]
+                x, y = normalize(images[idx]), labels[idx]
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(recipe, step, total)
+                loss, correct = gradient(x, y)
+                opt.step()
+                step += 1
+                seen += len(y)
+                result.images_seen += len(y)
+                run_loss += loss * len(y)
+                run_correct += correct
+                if on_step is not None:
+                    elapsed = time.perf_counter() - start - evaluating
+                    info = {"epoch": epoch, "step": step, "total_steps": total, "images": seen}
+                    info.update(
+                        images_seen=result.images_seen, elapsed=elapsed, loss=run_loss, correct=run_correct
+                    )
+                    on_step(info)
+                if i + 1 not in eval_at:
+                    continue
+                paused = _now(device)
+                result.train_seconds = paused - start - evaluating
+                row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step}
+                row.update(train_seconds=result.train_seconds, train_loss=run_loss.item() / seen)
+                row.update(train_accuracy=run_correct.item() / seen)
                 if eval_split is not None:
-                    with torch_threads(result.threads):  # evaluation uses every thread
-                        ev = evaluate(model, eval_split)
-                    row.update(eval_loss=ev.loss, eval_accuracy=ev.accuracy)
-                    result.final = ev
+                    with torch_threads(threads):  # evaluation uses every thread
+                        result.final = evaluate(model, eval_split)
+                    row.update(eval_loss=result.final.loss, eval_accuracy=result.final.accuracy)
                 result.history.append(row)
+                evaluating += _now(device) - paused
                 if stop_at_accuracy is not None and row.get("eval_accuracy", 0) >= stop_at_accuracy:
-                    result.train_seconds = clock
-                    model.eval()
-                    return result
-                t0 = time.perf_counter()
-        clock += time.perf_counter() - t0
-    result.train_seconds = clock
-    if eval_split is not None and (not result.history or result.history[-1]["step"] != step):
-        with torch_threads(result.threads):
-            result.final = evaluate(model, eval_split)
-    model.eval()
+                    return _done(result)
+    return _done(result)
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(
+            device
+        )  # CUDA kernels are asynchronous: wait for them before reading the clock
+    return time.perf_counter()
+
+
+def _done(result: TrainResult) -> TrainResult:
+    result.model.eval()
     return result
 
 
-def progress_bar(
-    description: str, total_steps: int, enabled: bool = True
-) -> tuple[Callable[[dict], None], object]:
-    """A rich progress bar on stderr (loss, accuracy, images/s), returned as (on_step callback, context manager).
+class Progress:
+    """One rich progress bar on stderr across one or many training runs (folds, seeds):
 
-    Running loss and accuracy are read back from the device only every few steps, so a GPU is not stalled."""
-    from contextlib import nullcontext
+        with Progress("train", total_steps) as bar:
+            train(..., on_step=bar.run("lenet", steps))
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    Running loss and accuracy are read back from the device every 25 steps only, so a GPU is not stalled."""
 
-    if not enabled:
-        return (lambda info: None), nullcontext()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                        console=Console(stderr=True), transient=False)  # fmt: skip
-    task = progress.add_task(description, total=total_steps, stats="")
+    def __init__(self, description: str, total_steps: int, enabled: bool = True) -> None:
+        self.description, self.done, self.enabled = description, 0, enabled
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        times = (TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+        stats = TextColumn("{task.fields[stats]}")
+        self.bar = RichProgress(*columns, stats, *times, console=err, disable=not enabled)
+        self.task = self.bar.add_task(description, total=total_steps, stats="")
 
-    def on_step(info: dict) -> None:
-        if info["step"] % 25 and info["step"] != info["total_steps"]:
-            return
-        loss, acc = info["loss"].item() / info["images"], info["correct"].item() / info["images"]
-        rate = info["images"] / max(info["elapsed"], 1e-9) if info["epoch"] == 0 else None
-        stats = f"epoch {info['epoch'] + 1}  loss {loss:.4f}  acc {acc:.2%}"
-        if rate:
-            stats += f"  {rate:,.0f} img/s"
-        progress.update(task, completed=info["step"], stats=stats)
+    def __enter__(self) -> Progress:
+        self.bar.start()
+        return self
 
-    return on_step, progress
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def run(self, label: str, steps: int) -> Callable[[dict], None] | None:
+        """The on_step callback for train() of a run of `steps` steps."""
+        base = self.done
+        self.done += steps
+        if not self.enabled:
+            return None
+        self.bar.update(self.task, description=f"{self.description} {label}", completed=base)
+
+        def on_step(info: dict) -> None:
+            if info["step"] % 25 and info["step"] != info["total_steps"]:
+                return
+            loss, acc = info["loss"].item() / info["images"], info["correct"].item() / info["images"]
+            rate = info["images_seen"] / max(info["elapsed"], 1e-9)
+            stats = f"epoch {info['epoch'] + 1}  loss {loss:.4f}  acc {acc:.2%}  {rate:,.0f} img/s"
+            self.bar.update(self.task, completed=base + info["step"], stats=stats)
+
+        return on_step
+
+    def skip(self, label: str, steps: int) -> None:
+        """A reused run: its steps leave the total rather than fill the bar, so the time left stays honest."""
+        total = self.bar.tasks[0].total - steps
+        self.bar.update(self.task, description=f"{self.description} {label} (saved)", total=total)
 
 
-def fit(model_name: str, recipe: Recipe, train_split: Split, test_split: Split, *, seed: int = 0,
-        device: torch.device | str = "cpu", progress: bool = True, checkpoint: str | None = None,
-        streams: int | None = None) -> dict:  # fmt: skip
+def steps_for(train_size: int, recipe: Recipe) -> int:
+    return math.ceil(train_size / recipe.batch_size) * recipe.epochs
+
+
+def fit(
+    model_name: str,
+    recipe: Recipe,
+    train_split: Split,
+    test_split: Split,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    checkpoint: str | None = None,
+    streams: int | None = None,
+) -> dict:
     """Train on the training set, evaluate on the test set, save the checkpoint; returns the result record."""
-    from mnist_zoo.checkpoint import save_checkpoint
-    from mnist_zoo.data import DATA_SHA256
-    from mnist_zoo.util import environment
-
-    total = math.ceil(len(train_split) / recipe.batch_size) * recipe.epochs
-    on_step, bar = progress_bar(f"train {model_name}", total, progress)
-    with bar:
-        result = train(model_name, recipe, train_split, test_split, seed=seed, device=device, on_step=on_step,
-                       streams=streams)  # fmt: skip
-    assert result.final is not None
+    with Progress("train", steps_for(len(train_split), recipe), progress) as bar:
+        on_step = bar.run(model_name, steps_for(len(train_split), recipe))
+        result = train(
+            model_name,
+            recipe,
+            train_split,
+            test_split,
+            seed=seed,
+            device=device,
+            on_step=on_step,
+            streams=streams,
+        )
     record = {
-        "model": model_name, "recipe": recipe.name, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
-        "lr": recipe.lr, "seed": seed, "test_accuracy": result.final.accuracy, "test_loss": result.final.loss,
-        "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
+        "model": model_name,
+        "recipe": recipe.name,
+        "epochs": recipe.epochs,
+        "batch_size": recipe.batch_size,
+        "lr": recipe.lr,
+        "seed": seed,
+        "test_accuracy": result.final.accuracy,
+        "test_loss": result.final.loss,
+        "train_seconds": result.train_seconds,
+        "images_per_second": result.images_per_second,
         "streams": result.streams,
-        "recipe_details": result.recipe_dict(), "history": result.history, "data_sha256": DATA_SHA256,
+        "recipe_details": asdict(recipe),
+        "history": result.history,
+        "data_sha256": DATA_SHA256,
         **environment(device),
-    }  # fmt: skip
+    }
     record["checkpoint"] = str(save_checkpoint(result.model.to("cpu"), record, checkpoint))
     return record
 
 
-def ensure_trained(model_name: str, *, data_dir: str | None = None, progress: bool = True,
-                   device: str = "auto") -> tuple[nn.Module, dict]:  # fmt: skip
+def ensure_trained(
+    model_name: str, *, data_dir: str | None = None, progress: bool = True, device: str = "auto"
+) -> tuple[nn.Module, dict]:
     """The model from its checkpoint; when there is none yet, train it with the default recipe first (and say so)."""
-    import sys
-
-    from mnist_zoo import data
-    from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint
-    from mnist_zoo.util import resolve_device
-
     if not checkpoint_path(model_name).is_file():
-        print(f"mnist-zoo: {model_name} has no checkpoint yet; training it with the default recipe",
-              file=sys.stderr)  # fmt: skip
-        dev = resolve_device(device)
-        fit(model_name, recipe_for(model_name), data.load("train", data_dir), data.load("test", data_dir),
-            device=dev, progress=progress)  # fmt: skip
+        print(
+            f"mnist-zoo: {model_name} has no checkpoint yet; training it with the default recipe",
+            file=sys.stderr,
+        )
+        train_split, test_split = load("train", data_dir), load("test", data_dir)
+        recipe, device = recipe_for(model_name), resolve_device(device)
+        fit(model_name, recipe, train_split, test_split, device=device, progress=progress)
     return load_checkpoint(model_name, expect_model=model_name)

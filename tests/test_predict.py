@@ -19,8 +19,8 @@ def _seven(size=(300, 400), ink=(20, 20, 30), paper=(245, 240, 230), mode="RGB")
     """A hand-drawn-looking 7, dark ink on light paper, well away from the centre of the canvas."""
     im = Image.new("RGB", size, paper)
     w, h = size
-    ImageDraw.Draw(im).line([(0.1 * w, 0.15 * h), (0.6 * w, 0.15 * h), (0.3 * w, 0.6 * h)], fill=ink,
-                            width=max(2, w // 14))  # fmt: skip
+    stroke = [(0.1 * w, 0.15 * h), (0.6 * w, 0.15 * h), (0.3 * w, 0.6 * h)]
+    ImageDraw.Draw(im).line(stroke, fill=ink, width=max(2, w // 14))
     return im.convert(mode)
 
 
@@ -99,8 +99,14 @@ def test_truncated_blank_missing_and_directory(tmp_path):
     _seven().save(tmp_path / "full.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "full.png").read_bytes()[:300])
     Image.new("L", (64, 64), 200).save(tmp_path / "blank.png")
-    for path, message in [(tmp_path / "cut.png", "damaged"), (tmp_path / "blank.png", "no digit found"),
-                          (tmp_path / "absent.png", "no such file"), (tmp_path, "is a directory")]:  # fmt: skip
+    cases = {
+        "cut.png": "damaged",
+        "blank.png": "no digit found",
+        "absent.png": "no such file",
+        "": "is a directory",
+    }
+    for name, message in cases.items():
+        path = tmp_path / name
         with pytest.raises(ImageError, match=message):
             prepare(path)
 
@@ -138,8 +144,10 @@ def test_predict_command_json(tmp_path, small_trained, test_split, capsys):
     ckpt = _checkpoint(small_trained, tmp_path / "lenet-small.pt")
     _photo_of(test_split.images[0]).save(tmp_path / "seven.png")
     (tmp_path / "empty.jpg").write_bytes(b"")
-    code = main(["predict", str(ckpt), str(tmp_path / "seven.png"), str(tmp_path / "empty.jpg"), "--json",
-                 "--save-prepared", "--report-dir", str(tmp_path / "reports")])  # fmt: skip
+    files = [str(tmp_path / "seven.png"), str(tmp_path / "empty.jpg")]
+    code = main(
+        ["predict", str(ckpt), *files, "--json", "--save-prepared", "--report-dir", str(tmp_path / "reports")]
+    )
     record = json.loads(capsys.readouterr().out)
     assert code == 1  # one file failed; the other was still answered
     assert record["schema"] == "mnist-zoo/predict/1" and record["model"] == "lenet"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mnist_zoo.stats import format_p, mcnemar, summarize, verdict, welch
+from mnist_zoo.compare import format_p, mcnemar, summarize, verdict, welch
 
 
 def test_summarize_by_hand():
@@ -83,12 +83,13 @@ def test_welch_degenerate():
 
 def test_verdict_words():
     strong = mcnemar(*_answers(9000, 300, 50, 650))
-    win = verdict("lenet", [0.99, 0.991, 0.992], "mlp", [0.92, 0.921, 0.919], [strong] * 3,
-                  welch([0.99, 0.991, 0.992], [0.92, 0.921, 0.919]))  # fmt: skip
+    good, poor = [0.99, 0.991, 0.992], [0.92, 0.921, 0.919]
+    win = verdict("lenet", good, "mlp", poor, [strong] * 3, welch(good, poor))
     assert win["significant"] and win["better"] == "lenet" and win["words"].startswith("lenet beats mlp")
     # B listed first: the direction still comes out right
-    flip = verdict("mlp", [0.92, 0.921, 0.919], "lenet", [0.99, 0.991, 0.992], [mcnemar(*_answers(9000, 50, 300, 650))] * 3,
-                   welch([0.92, 0.921, 0.919], [0.99, 0.991, 0.992]))  # fmt: skip
+    flip = verdict(
+        "mlp", poor, "lenet", good, [mcnemar(*_answers(9000, 50, 300, 650))] * 3, welch(poor, good)
+    )
     assert flip["significant"] and flip["better"] == "lenet"
     weak = mcnemar(*_answers(9000, 30, 28, 942))
     tie = verdict("a", [0.9, 0.91], "b", [0.905, 0.9], [weak, weak], welch([0.9, 0.91], [0.905, 0.9]))

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 import torch
 
 from mnist_zoo.checkpoint import load_checkpoint, save_checkpoint
 from mnist_zoo.models import get_model
-from mnist_zoo.train import TUTORIAL, _gradients, _lr_at, default_streams, evaluate, recipe_for, train
+from mnist_zoo.train import (
+    TUTORIAL,
+    SliceStep,
+    confusion_matrix,
+    default_streams,
+    evaluate,
+    lr_at,
+    recipe_for,
+    train,
+)
 from mnist_zoo.util import UserError
 
 
@@ -40,15 +47,15 @@ def test_recipe_overrides_and_errors():
 
 def test_onecycle_schedule_warms_up_and_decays_to_zero():
     r = recipe_for("lenet")
-    lrs = [_lr_at(r, s, 100) for s in range(100)]
+    lrs = [lr_at(r, s, 100) for s in range(100)]
     warm = round(r.warmup * 100)
     assert lrs[0] < lrs[5] and max(lrs) == pytest.approx(r.lr) == lrs[warm - 1]
     assert lrs[-1] == pytest.approx(r.lr / (100 - warm)) and lrs == sorted(lrs[:warm]) + lrs[warm:]
 
 
 def _quick(name, split, test, seed):
-    return train(name, recipe_for(name, epochs=1), split.subset(torch.arange(3000)), test.subset(torch.arange(1000)),
-                 seed=seed)  # fmt: skip
+    subset, test_subset = split.subset(torch.arange(3000)), test.subset(torch.arange(1000))
+    return train(name, recipe_for(name, epochs=1), subset, test_subset, seed=seed)
 
 
 @pytest.mark.parametrize("name", ["dnn", "lenet"])
@@ -58,8 +65,8 @@ def test_same_seed_same_result(name, train_split, test_split):
     assert a.final.accuracy == b.final.accuracy
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
-    assert not torch.equal(a.model.state_dict()["1.weight" if name == "dnn" else "0.weight"],
-                           c.model.state_dict()["1.weight" if name == "dnn" else "0.weight"])  # fmt: skip
+    first = "1.weight" if name == "dnn" else "0.weight"
+    assert not torch.equal(a.model.state_dict()[first], c.model.state_dict()[first])
 
 
 def test_default_streams_one_slice_per_thread_while_slices_keep_128_images():
@@ -74,10 +81,11 @@ def test_batch_slices_add_up_to_the_whole_batch_gradient():
     torch.manual_seed(0)
     model = get_model("lenet")
     x, y = torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,))
-    loss, correct = _gradients(model, x, y, 0.1, None, 1)
+    with SliceStep(model, 1) as plain:
+        loss, correct = plain(x, y)
     whole = [p.grad.clone() for p in model.parameters()]
-    with ThreadPoolExecutor(3) as pool:
-        sliced_loss, sliced_correct = _gradients(model, x, y, 0.1, pool, 3)
+    with SliceStep(model, 3) as sliced:
+        sliced_loss, sliced_correct = sliced(x, y)
     assert sliced_correct.item() == correct.item()
     torch.testing.assert_close(sliced_loss, loss)
     for p, g in zip(model.parameters(), whole, strict=True):
@@ -87,8 +95,8 @@ def test_batch_slices_add_up_to_the_whole_batch_gradient():
 def test_sliced_training_is_deterministic_and_restores_threads(train_split, test_split):
     threads = torch.get_num_threads()
     recipe = recipe_for("lenet", epochs=1, batch_size=256)
-    runs = [train("lenet", recipe, train_split.subset(torch.arange(2560)), test_split.subset(torch.arange(500)),
-                  seed=3, streams=2) for _ in range(2)]  # fmt: skip
+    subset, test_subset = train_split.subset(torch.arange(2560)), test_split.subset(torch.arange(500))
+    runs = [train("lenet", recipe, subset, test_subset, seed=3, streams=2) for _ in range(2)]
     assert torch.get_num_threads() == threads
     assert [r.streams for r in runs] == [2, 2]
     for (k, va), vb in zip(
@@ -103,7 +111,7 @@ def test_evaluate_counts_and_confusion(test_split):
     torch.manual_seed(0)
     model = get_model("mlp")
     ev = evaluate(model, test_split)
-    confusion = ev.confusion(test_split.labels)
+    confusion = confusion_matrix(ev.predictions, test_split.labels)
     assert confusion.sum().item() == 10_000
     assert confusion.diag().sum().item() / 10_000 == pytest.approx(ev.accuracy)
     assert confusion.sum(1).tolist() == torch.bincount(test_split.labels).tolist()
