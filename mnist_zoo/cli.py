@@ -32,6 +32,7 @@ from rich.table import Table
 
 from mnist_zoo import compare, crossval, data, plots, predict
 from mnist_zoo.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoint, read_checkpoint
+from mnist_zoo.cpu import set_threads
 from mnist_zoo.models import list_models, model_info
 from mnist_zoo.runs import RunStore, report_dir, stratified_subset
 from mnist_zoo.train import (
@@ -44,7 +45,7 @@ from mnist_zoo.train import (
     recipe_for,
     steps_for,
 )
-from mnist_zoo.util import UserError, environment, err, guarded, out, resolve_device, set_threads, write_json
+from mnist_zoo.util import UserError, environment, err, guarded, out, resolve_device, write_json
 
 PROG = "mnist-zoo" if Path(sys.argv[0]).name == "mnist-zoo" else "python -m mnist_zoo"
 # Options that `evaluate` honours only with --seeds (without it, evaluate scores the saved checkpoint).

@@ -52,6 +52,10 @@ CHECK_TRAINING_TOLERANCE = 0.5
 
 # A benchmark row whose IQR / median is above this is marked noisy: its figures moved while it was measured.
 NOISY_SPREAD = 0.10
+# A benchmark row or training run during which other processes used more than this share of the CPUs' time is
+# marked contended: no target is called met from it. Quiet machines measure 0-3% here; two spinning thread pools
+# on a 2-core machine, the load that collapses 2-thread teams, measure 40-90%.
+CONTENDED = 0.10
 
 
 def precision(runtime: str) -> str:

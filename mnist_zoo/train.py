@@ -28,6 +28,7 @@ from rich.progress import Progress as RichProgress
 from torch import nn
 
 from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from mnist_zoo.cpu import Contention
 from mnist_zoo.data import DATA_SHA256, Split, load, normalize
 from mnist_zoo.models import get_model, model_info
 from mnist_zoo.util import UserError, environment, err, resolve_device, seed_everything, torch_threads
@@ -116,6 +117,9 @@ class TrainResult:
     images_seen: int = 0
     history: list[dict] = field(default_factory=list)  # one row per evaluation
     final: Evaluation | None = None
+    contention: dict = field(
+        default_factory=dict
+    )  # cpu.Contention.record(): others' share of the CPUs meanwhile
 
     @property
     def images_per_second(self) -> float:
@@ -227,72 +231,69 @@ def train(
         nesterov=nesterov,
         fused=True,
     )
-    images, labels = train_split.images.to(device), train_split.labels.to(device)
-    n, batch = len(labels), recipe.batch_size
-    steps_per_epoch = math.ceil(n / batch)
+    steps_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     eval_at = {round(steps_per_epoch * (k + 1) / evals_per_epoch) for k in range(evals_per_epoch)}
     result = TrainResult(model, recipe, seed, str(device), threads, streams)
-    # Shuffling draws from its own CPU generator, so the order is the same on every device.
-    gen = torch.Generator().manual_seed(seed)
-    step, evaluating = 0, 0.0  # evaluation seconds, left out of the training time
+    evaluating = 0.0  # evaluation seconds, left out of the training time
     start = _now(device)
-    with SliceStep(model, streams) as gradient, torch_threads(max(1, threads // streams)):
-        for epoch in range(recipe.epochs):
-            perm = torch.randperm(n, generator=gen).to(device)
-            # Running figures stay on the device; reading them back every step would stall a GPU.
-            run_loss = torch.zeros((), device=device)
-            run_correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            model.train()
-            for i in range(steps_per_epoch):
-                idx = perm[i * batch : (i + 1) * batch]
-                x, y = normalize(images[idx]), labels[idx]
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(recipe, step, total)
-                loss, correct = gradient(x, y)
-                opt.step()
-                step += 1
-                seen += len(y)
-                result.images_seen += len(y)
-                run_loss += loss * len(y)
-                run_correct += correct
-                if on_step is not None:
-                    elapsed = time.perf_counter() - start - evaluating
-                    info = {"epoch": epoch, "step": step, "total_steps": total, "images": seen}
-                    info.update(
-                        images_seen=result.images_seen, elapsed=elapsed, loss=run_loss, correct=run_correct
-                    )
-                    on_step(info)
-                if i + 1 not in eval_at:
-                    continue
-                paused = _now(device)
-                result.train_seconds = paused - start - evaluating
-                row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step}
-                row.update(train_seconds=result.train_seconds, train_loss=run_loss.item() / seen)
-                row.update(train_accuracy=run_correct.item() / seen)
-                if eval_split is not None:
-                    with torch_threads(threads):  # evaluation uses every thread
-                        result.final = evaluate(model, eval_split)
-                    row.update(eval_loss=result.final.loss, eval_accuracy=result.final.accuracy)
-                result.history.append(row)
-                evaluating += _now(device) - paused
-                if stop_at_accuracy is not None and row.get("eval_accuracy", 0) >= stop_at_accuracy:
-                    return _done(result)
-    return _done(result)
+    with (
+        Contention() as contention,
+        SliceStep(model, streams) as gradient,
+        torch_threads(max(1, threads // streams)),
+    ):
+        for step, (epoch, i, x, y) in enumerate(batches(train_split, recipe, seed, device)):
+            # The epoch's running loss and accuracy stay on the device: reading them back would stall a GPU.
+            if i == 0:
+                run_loss, run_correct = torch.zeros((), device=device), torch.zeros((), device=device)
+                seen = 0
+            for g in opt.param_groups:
+                g["lr"] = lr_at(recipe, step, total)
+            loss, correct = gradient(x, y)
+            opt.step()
+            seen += len(y)
+            result.images_seen += len(y)
+            run_loss += loss * len(y)
+            run_correct += correct
+            if on_step is not None:
+                info = {"epoch": epoch, "step": step + 1, "total_steps": total, "images": seen}
+                info.update(images_seen=result.images_seen, loss=run_loss, correct=run_correct)
+                on_step({**info, "elapsed": time.perf_counter() - start - evaluating})
+            if i + 1 not in eval_at:
+                continue
+            paused = _now(device)
+            result.train_seconds = paused - start - evaluating
+            row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step + 1}
+            row.update(train_seconds=result.train_seconds, train_loss=run_loss.item() / seen)
+            row.update(train_accuracy=run_correct.item() / seen)
+            if eval_split is not None:
+                with torch_threads(threads):  # evaluation uses every thread
+                    result.final = evaluate(model, eval_split)
+                row.update(eval_loss=result.final.loss, eval_accuracy=result.final.accuracy)
+            result.history.append(row)
+            evaluating += _now(device) - paused
+            if stop_at_accuracy is not None and row.get("eval_accuracy", 0) >= stop_at_accuracy:
+                break
+    result.contention = contention.record()
+    model.eval()
+    return result
+
+
+def batches(split: Split, recipe: Recipe, seed: int, device: torch.device):
+    """(epoch, step in epoch, normalised images, labels) of every step: slices of a fresh randperm each epoch.
+    The permutations come from their own CPU generator, so the order is the same on every device."""
+    images, labels = split.images.to(device), split.labels.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(recipe.epochs):
+        perm = torch.randperm(len(labels), generator=gen).to(device)
+        for i, idx in enumerate(perm.split(recipe.batch_size)):
+            yield epoch, i, normalize(images[idx]), labels[idx]
 
 
 def _now(device: torch.device) -> float:
     if device.type == "cuda":
-        torch.cuda.synchronize(
-            device
-        )  # CUDA kernels are asynchronous: wait for them before reading the clock
+        torch.cuda.synchronize(device)  # kernels run asynchronously: wait for them before reading the clock
     return time.perf_counter()
-
-
-def _done(result: TrainResult) -> TrainResult:
-    result.model.eval()
-    return result
 
 
 class Progress:
@@ -383,6 +384,7 @@ def fit(
         "train_seconds": result.train_seconds,
         "images_per_second": result.images_per_second,
         "streams": result.streams,
+        **result.contention,
         "recipe_details": asdict(recipe),
         "history": result.history,
         "data_sha256": DATA_SHA256,

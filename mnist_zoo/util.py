@@ -76,15 +76,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def set_threads(threads: int | None) -> int:
-    """Pin torch's intra-op threads (default: every core) and return the number in force."""
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
-
-
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch's intra-op threads set to `threads` for the duration of a with-block, then put back."""
