@@ -35,6 +35,7 @@ from mnist_zoo.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoin
 from mnist_zoo.cpu import set_threads
 from mnist_zoo.models import list_models, model_info
 from mnist_zoo.runs import RunStore, report_dir, stratified_subset
+from mnist_zoo.targets import CONTENDED
 from mnist_zoo.train import (
     RECIPES,
     Progress,
@@ -172,6 +173,10 @@ def _results_table(records: list[dict]) -> Table:
     for r in records:
         speed = (f"{r['train_seconds']:.1f}", f"{r['images_per_second']:,.0f}")
         t.add_row(r["model"], r["recipe"], str(r["epochs"]), f"{r['test_accuracy']:.2%}", *speed)
+    contended = [f"{r['model']} {r['contention']:.0%}" for r in records if r["contention"] > CONTENDED]
+    if contended:
+        t.caption = f"[yellow]contended[/]: other processes took {', '.join(contended)} of the CPUs' time while "
+        t.caption += "training: these times are not this machine's speed"
     return t
 
 

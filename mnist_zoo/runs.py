@@ -139,6 +139,7 @@ class RunStore:
             "train_seconds": result.train_seconds,
             "images_per_second": result.images_per_second,
             "history": result.history,
+            **result.contention,
             "data_sha256": DATA_SHA256,
             **environment(device),
         }
