@@ -1,4 +1,5 @@
-"""What every exporter shares: the module that is exported, the input contract, and a quiet exporter.
+"""What every exporter shares: the module that is exported, the input contract, the metadata of the torch
+archives, one-line errors and a quiet exporter stack.
 
 The contract of every artifact (ONNX, TorchScript, torch.export):
   input  `image`  float32 [batch, 1, 28, 28], already normalised: (pixel / 255 - 0.1307) / 0.3081
@@ -66,12 +67,30 @@ def prepare(model: nn.Module, softmax: bool = False) -> Exportable:
     return (WithProbabilities if softmax else Exportable)(model).eval()
 
 
-def example_input(batch: int = EXAMPLE_BATCH) -> torch.Tensor:
-    return torch.zeros(batch, 1, 28, 28)
+def example_input() -> torch.Tensor:
+    return torch.zeros(EXAMPLE_BATCH, 1, 28, 28)
 
 
 def batch_dim() -> torch.export.Dim:
     return torch.export.Dim("batch", min=1, max=1 << 20)
+
+
+def archive_metadata(metadata: dict | None, fmt: str, softmax: bool) -> dict:
+    """What a TorchScript or torch.export archive says about itself, beside the caller's `metadata`."""
+    return {
+        **(metadata or {}),
+        "format": fmt,
+        "torch_version": torch.__version__,
+        "input": INPUT_NAME,
+        "normalisation": NORMALISATION,
+        "softmax": softmax,
+    }
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, cut short: exporter and runtime errors can run to pages, and
+    the user gets one line."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 class _Collect(logging.Handler):

@@ -28,7 +28,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from export.common import INPUT_NAME, quiet_exporters
+from export.common import INPUT_NAME, first_line, quiet_exporters
 from export.integrity import SEAL_KEY, seal_onnx
 from mnist_zoo.data import Split, normalize
 from mnist_zoo.util import UserError, atomic_write
@@ -49,11 +49,12 @@ def calibration_images(
 
 
 class _Reader(CalibrationDataReader):
-    def __init__(self, images: torch.Tensor, batch: int = CALIBRATION_BATCH) -> None:
-        arr = images.detach().cpu().float().numpy()
-        self._batches = iter(
-            [{INPUT_NAME: np.ascontiguousarray(arr[i : i + batch])} for i in range(0, len(arr), batch)]
-        )
+    """The calibration images, CALIBRATION_BATCH at a time, as onnxruntime's calibrator asks for them."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        arr = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        starts = range(0, len(arr), CALIBRATION_BATCH)
+        self._batches = ({INPUT_NAME: arr[i : i + CALIBRATION_BATCH]} for i in starts)
 
     def get_next(self) -> dict | None:
         return next(self._batches, None)
@@ -89,8 +90,7 @@ def quantize_int8(
                 use_external_data_format=False,
             )
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"int8 quantization failed ({type(e).__name__}: {first[:200]})") from None
+            raise UserError(f"int8 quantization failed ({type(e).__name__}: {first_line(e)})") from None
         proto = onnx.load(str(q))
     # Carry the fp32 file's metadata (model, recipe, versions), then say what was done to it.
     del proto.metadata_props[:]

@@ -14,7 +14,6 @@ refuse a file changed after export.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import onnx
@@ -29,6 +28,7 @@ from export.common import (
     PROBS_NAME,
     batch_dim,
     example_input,
+    first_line,
     prepare,
     quiet_exporters,
 )
@@ -38,54 +38,44 @@ from mnist_zoo.util import UserError, atomic_write
 
 # The exporter's recommended opset: what torch.onnx uses when none is given (20 in torch 2.14).
 DEFAULT_OPSET: int = torch.onnx._constants.ONNX_DEFAULT_OPSET
-# The exporter builds natively at opset 18+; below that it converts with onnx's version converter, which works
-# down to 17 for these graphs and fails below. Lower ones are tried, and build_onnx checks what came out.
-MIN_OPSET = 7
-
-
-def max_opset() -> int:
-    """The newest opset the installed onnx knows; asking the exporter for more silently yields opset 18."""
-    return onnx.defs.onnx_opset_version()
-
-
-def exporter_metadata(opset: int) -> dict:
-    return {
-        "exporter": f"torch.onnx dynamo {torch.__version__}, onnxscript {onnxscript.__version__}",
-        "torch_version": torch.__version__,
-        "onnx_version": onnx.__version__,
-        "onnxscript_version": onnxscript.__version__,
-        "opset": opset,
-        "input": INPUT_NAME,
-        "normalisation": NORMALISATION,
-        "mean": MEAN,
-        "std": STD,
-    }
+# The exporter builds opset 18 and moves to any other with onnx's version converter. For these graphs that
+# works up to the newest opset the installed onnx knows and down to 15; below 15 the converter has no adapter
+# for Shape, and the exporter would quietly write opset 18 instead (export_onnx refuses that too).
+MIN_OPSET = 15
+MAX_OPSET: int = onnx.defs.onnx_opset_version()
 
 
 def check_opset(opset: int) -> None:
-    if not MIN_OPSET <= opset <= max_opset():
+    if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UserError(
-            f"the exporter cannot produce opset {opset}; choose {MIN_OPSET} to {max_opset()} "
+            f"the exporter cannot produce opset {opset} for these models; choose {MIN_OPSET} to {MAX_OPSET} "
             f"(default {DEFAULT_OPSET})"
         )
 
 
-def build_onnx(
-    model: nn.Module, *, opset: int | None = None, softmax: bool = False, metadata: dict | None = None
-) -> onnx.ModelProto:
-    """The checked, sealed ModelProto in memory (export_onnx writes it)."""
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int | None = None,
+    softmax: bool = False,
+    metadata: dict | None = None,
+) -> Path:
+    """Export `model` (a zoo model taking normalised images) to one ONNX file at `path`, atomically.
+
+    opset None = the exporter's recommended one (DEFAULT_OPSET); an opset it cannot produce is a UserError.
+    `metadata` (model, seed, recipe, test accuracy...) is stored as metadata_props "mnist_zoo.<key>" beside
+    the exporter's versions and the normalisation."""
     opset = DEFAULT_OPSET if opset is None else opset
     check_opset(opset)
-    wrapped = prepare(model, softmax)
-    outputs = [OUTPUT_NAME, PROBS_NAME] if softmax else [OUTPUT_NAME]
     with quiet_exporters() as warned:
         try:
             program = torch.onnx.export(
-                wrapped,
+                prepare(model, softmax),
                 (example_input(),),
                 dynamo=True,
                 input_names=[INPUT_NAME],
-                output_names=outputs,
+                output_names=[OUTPUT_NAME, PROBS_NAME] if softmax else [OUTPUT_NAME],
                 dynamic_shapes={INPUT_NAME: {0: batch_dim()}},
                 opset_version=opset,
                 external_data=False,
@@ -93,8 +83,7 @@ def build_onnx(
                 verbose=False,
             )
         except Exception as e:  # the exporter raises many types; each is one line for the user
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"ONNX export failed ({type(e).__name__}: {first[:200]})") from None
+            raise UserError(f"ONNX export failed ({type(e).__name__}: {first_line(e)})") from None
     proto = program.model_proto
     got = {i.domain: i.version for i in proto.opset_import}.get("")
     if got != opset:
@@ -110,45 +99,22 @@ def build_onnx(
         f"mnist-zoo model. Input '{INPUT_NAME}': {NORMALISATION}. Output '{OUTPUT_NAME}': "
         "float32 [batch,10] logits" + (f"; '{PROBS_NAME}': their softmax." if softmax else ".")
     )
-    _check_single_file(proto)
-    seal_onnx(proto, {**(metadata or {}), **exporter_metadata(opset), "softmax": softmax})
+    exporter = {
+        "exporter": f"torch.onnx dynamo {torch.__version__}, onnxscript {onnxscript.__version__}",
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+        "onnxscript_version": onnxscript.__version__,
+        "opset": opset,
+        "input": INPUT_NAME,
+        "normalisation": NORMALISATION,
+        "mean": MEAN,
+        "std": STD,
+        "softmax": softmax,
+    }
+    seal_onnx(proto, {**(metadata or {}), **exporter})
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise UserError(f"onnx.checker rejected the export: {str(e).strip().splitlines()[0][:200]}") from None
-    return proto
-
-
-def _check_single_file(proto: onnx.ModelProto) -> None:
-    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        raise UserError(
-            f"the exporter left weights as external data ({', '.join(external[:3])}); expected one file"
-        )
-
-
-def export_onnx(
-    model: nn.Module,
-    path: str | os.PathLike,
-    *,
-    opset: int | None = None,
-    softmax: bool = False,
-    metadata: dict | None = None,
-) -> Path:
-    """Export `model` (a zoo model taking normalised images) to one ONNX file at `path`, atomically.
-
-    Input `image` float32 [batch, 1, 28, 28], normalised (pixel/255 - 0.1307) / 0.3081; output `logits`
-    [batch, 10] (plus `probabilities` with softmax=True). opset None = the exporter's recommended one
-    (DEFAULT_OPSET); an opset it cannot produce is a UserError. `metadata` (model, seed, recipe, test
-    accuracy...) is stored as metadata_props "mnist_zoo.<key>" beside the exporter's versions and the
-    normalisation."""
-    proto = build_onnx(model, opset=opset, softmax=softmax, metadata=metadata)
-    # onnx.save_model would split out large tensors only when asked; these models are < 1 MB, one file.
+        raise UserError(f"onnx.checker rejected the export: {first_line(e)}") from None
+    # Weights inside the file: these models are < 1 MB, and one file is what the docs promise.
     return atomic_write(path, lambda tmp: onnx.save_model(proto, tmp, save_as_external_data=False))
-
-
-def timed_export_onnx(model: nn.Module, path: str | os.PathLike, **kwargs) -> tuple[Path, float]:
-    """export_onnx and its wall-clock seconds (export, check and write)."""
-    t0 = time.perf_counter()
-    out = export_onnx(model, path, **kwargs)
-    return out, time.perf_counter() - t0

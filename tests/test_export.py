@@ -8,6 +8,7 @@ model; the full 10,000-image verification runs through the CLI tests (lenet) and
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -19,14 +20,17 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from rich.console import Console
 
 from export import cli, to_onnx, verify
 from export.integrity import EXTRA_FILE, onnx_metadata
 from export.quantize import calibration_images, quantize_int8
-from export.to_torchscript import export_pt2, export_torchscript, load_pt2, load_torchscript
+from export.to_pt2 import export_pt2, load_pt2
+from export.to_torchscript import export_torchscript, load_torchscript
 from mnist_zoo import data, train
 from mnist_zoo.checkpoint import checkpoint_dir
 from mnist_zoo.models import list_models
+from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP
 from mnist_zoo.util import UserError
 
 SUBSET = 2000
@@ -45,15 +49,14 @@ def onnx_files(small_trained, tmp_path_factory) -> dict[str, Path]:
     files = {}
     for name in list_models():
         model, meta, _ = small_trained(name)
-        files[name] = to_onnx.export_onnx(
-            model, directory / f"{name}.onnx", metadata=cli._metadata(name, meta)
-        )
+        metadata = cli.artifact_metadata(name, meta)
+        files[name] = to_onnx.export_onnx(model, directory / f"{name}.onnx", metadata=metadata)
     return files
 
 
 def _check_parity(logits: torch.Tensor, reference: torch.Tensor) -> None:
     assert logits.shape == reference.shape
-    assert (logits - reference).abs().max().item() <= verify.MAX_ABS_DIFF
+    assert (logits - reference).abs().max().item() <= EXPORT_MAX_ABS_DIFF
     assert torch.equal(logits.argmax(1), reference.argmax(1))
 
 
@@ -133,9 +136,8 @@ def _flip_weight_byte(path: Path, out: Path) -> None:
 def test_tampered_onnx_is_refused(onnx_files, tmp_path):
     tampered = tmp_path / "tampered.onnx"
     _flip_weight_byte(onnx_files["lenet"], tampered)
-    onnxruntime.InferenceSession(
-        str(tampered), providers=["CPUExecutionProvider"]
-    )  # onnxruntime alone runs it
+    # onnxruntime alone runs the tampered file
+    onnxruntime.InferenceSession(str(tampered), providers=["CPUExecutionProvider"])
     with pytest.raises(UserError, match="modified after export"):
         verify.ort_session(tampered)
     truncated = tmp_path / "truncated.onnx"
@@ -171,15 +173,21 @@ def test_tampered_torchscript_is_refused(small_trained, tmp_path):
         load_torchscript(tmp_path / "junk.pt")
 
 
-def test_opsets(small_trained, tmp_path):
+def test_opsets(small_trained, tmp_path, monkeypatch):
+    """The accepted range is what the exporter really produces: both ends work, and one below does not."""
     model = small_trained("mlp")[0]
-    proto = onnx.load(str(to_onnx.export_onnx(model, tmp_path / "a.onnx", opset=18)))
-    assert {o.domain: o.version for o in proto.opset_import}[""] == 18
-    for bad in (0, to_onnx.max_opset() + 1):
-        with pytest.raises(UserError, match="cannot produce opset"):
+    for opset in (to_onnx.MIN_OPSET, 18, to_onnx.MAX_OPSET):
+        proto = onnx.load(str(to_onnx.export_onnx(model, tmp_path / "a.onnx", opset=opset)))
+        assert {o.domain: o.version for o in proto.opset_import}[""] == opset
+    for bad in (0, to_onnx.MIN_OPSET - 1, to_onnx.MAX_OPSET + 1):
+        with pytest.raises(UserError, match=f"cannot produce opset {bad} .*; choose {to_onnx.MIN_OPSET} to"):
             to_onnx.export_onnx(model, tmp_path / "b.onnx", opset=bad)
-    with pytest.raises(UserError, match="could not produce opset 13"):  # the exporter would quietly give 18
-        to_onnx.export_onnx(model, tmp_path / "b.onnx", opset=13)
+    # One below the range, onnx's converter fails and the exporter would quietly write opset 18 instead;
+    # past the range check, export_onnx refuses that too.
+    below = to_onnx.MIN_OPSET - 1
+    monkeypatch.setattr(to_onnx, "MIN_OPSET", below)
+    with pytest.raises(UserError, match=f"could not produce opset {below}: .* would have written opset 18"):
+        to_onnx.export_onnx(model, tmp_path / "b.onnx", opset=below)
     assert not (tmp_path / "b.onnx").exists()
 
 
@@ -207,20 +215,17 @@ def test_int8_lenet_accuracy_drop_and_size(
     ops = {n.op_type for n in onnx.load(str(q)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert onnx_metadata(onnx.load(str(q)))["model"] == "lenet"
-    parity = verify.verify_onnx(
-        q, verify.reference_logits(model, images), images, test_split.labels, int8=True
-    )
+    reference = verify.reference_logits(model, images)
+    parity = verify.verify_onnx(q, reference, images, test_split.labels, int8=True)
     assert parity.ok, parity.problems
-    assert parity.accuracy_drop <= verify.MAX_INT8_DROP
+    assert parity.accuracy_drop <= EXPORT_MAX_INT8_DROP
     assert q.stat().st_size < 0.5 * onnx_files["lenet"].stat().st_size
 
 
 def test_verification_fails_on_a_wrong_artifact(small_trained, onnx_files, images, test_split):
     """The check can fail: the dnn's file judged against the lenet's logits."""
-    lenet = small_trained("lenet")[0]
-    parity = verify.verify_onnx(
-        onnx_files["dnn"], verify.reference_logits(lenet, images), images, test_split.labels
-    )
+    lenet_logits = verify.reference_logits(small_trained("lenet")[0], images)
+    parity = verify.verify_onnx(onnx_files["dnn"], lenet_logits, images, test_split.labels)
     assert not parity.ok and any("max |logit diff|" in p for p in parity.problems)
 
 
@@ -254,12 +259,50 @@ def test_cli_failed_verification_writes_nothing(lenet_checkpoint, tmp_path, caps
     out_dir = tmp_path / "artifacts"
     out_dir.mkdir()
     (out_dir / "lenet.onnx").write_bytes(b"previous")
-    monkeypatch.setattr(verify, "MAX_ABS_DIFF", 0.0)  # no fp32 export is bit-exact: verification must fail
+    monkeypatch.setattr(verify, "EXPORT_MAX_ABS_DIFF", 0.0)  # no fp32 export is bit-exact: it must fail
     assert cli.main(["lenet", "--onnx", "--out", str(out_dir)]) == cli.EXIT_UNVERIFIED
     assert "failed verification" in capsys.readouterr().err
-    assert [p.name for p in out_dir.iterdir()] == ["lenet.onnx"] and (
-        out_dir / "lenet.onnx"
-    ).read_bytes() == b"previous"
+    assert [p.name for p in out_dir.iterdir()] == ["lenet.onnx"]
+    assert (out_dir / "lenet.onnx").read_bytes() == b"previous"
+
+
+def _record(fmt: str) -> dict:
+    """A results record of `fmt` at its widest (cli.export_model's keys that the table shows)."""
+    suffix, label = cli.FORMATS[fmt]
+    return {
+        "artifact": f"/tmp/artifacts/lenet{suffix}",
+        "format": fmt,
+        "label": label,
+        "opset": 20 if suffix.endswith(".onnx") else None,
+        "bytes": 999_000,
+        "export_seconds": 12.34,
+        "verification": {
+            "images": 10_000,
+            "agree": 9_980,
+            "max_abs_diff": 5.0,
+            "accuracy": 0.9924,
+            "reference_accuracy": 0.9924,  # equal: Δ acc must read +0.00
+        },
+        **({"size_ratio": 0.33} if fmt == "int8" else {}),
+    }
+
+
+def _rendered(records: list[dict], width: int) -> str:
+    console = Console(width=width, file=io.StringIO())
+    console.print(cli.results_table(records, threads=1))
+    return console.file.getvalue()
+
+
+def test_results_table_reads_at_80_columns():
+    every_format = [_record(fmt) for fmt in cli.FORMATS]
+    # rich squeezes and wraps a table wider than the console: identical output means it fits as it is
+    assert _rendered(every_format, 80) == _rendered(every_format, 200)
+    assert "TorchScript is deprecated" in _rendered(every_format, 80)
+    onnx_only = _rendered([_record("onnx")], 80)
+    for absent in ("TorchScript", ".pt2", "int8"):  # the footer names only what was exported
+        assert absent not in onnx_only
+    assert "ONNX opset 20" in onnx_only
+    assert "+0.00" in onnx_only and "-0.00" not in onnx_only  # an exact match is no loss
 
 
 @pytest.mark.parametrize(
