@@ -175,7 +175,9 @@ def _results_table(records: list[dict]) -> Table:
         t.add_row(r["model"], r["recipe"], str(r["epochs"]), f"{r['test_accuracy']:.2%}", *speed)
     contended = [f"{r['model']} {r['contention']:.0%}" for r in records if r["contention"] > CONTENDED]
     if contended:
-        t.caption = f"[yellow]contended[/]: other processes took {', '.join(contended)} of the CPUs' time while "
+        t.caption = (
+            f"[yellow]contended[/]: other processes took {', '.join(contended)} of the CPUs' time while "
+        )
         t.caption += "training: these times are not this machine's speed"
     return t
 

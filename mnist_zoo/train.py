@@ -28,7 +28,7 @@ from rich.progress import Progress as RichProgress
 from torch import nn
 
 from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from mnist_zoo.cpu import Contention
+from mnist_zoo.cpu import Contention, default_threads
 from mnist_zoo.data import DATA_SHA256, Split, load, normalize
 from mnist_zoo.models import get_model, model_info
 from mnist_zoo.util import UserError, environment, err, resolve_device, seed_everything, torch_threads
@@ -405,5 +405,6 @@ def ensure_trained(
         )
         train_split, test_split = load("train", data_dir), load("test", data_dir)
         recipe, device = recipe_for(model_name), resolve_device(device)
-        fit(model_name, recipe, train_split, test_split, device=device, progress=progress)
+        with torch_threads(default_threads()):  # as many threads as the idle CPUs: a busy machine gets fewer
+            fit(model_name, recipe, train_split, test_split, device=device, progress=progress)
     return load_checkpoint(model_name, expect_model=model_name)
