@@ -12,8 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnist_zoo.data import DataError
-from mnist_zoo.util import UserError, fail
+from bench import check, report
+from mnist_zoo.util import UserError, guarded
+
+REPORT_EXAMPLE = "example: python -m bench report .benchmarks/Linux-CPython-3.12-64bit/0001_run.json"
+CHECK_EXAMPLES = """examples:
+  python -m bench check
+  python -m bench check --results run.json
+  python -m bench check --update-baseline"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,17 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("report", help="print the tables of a saved run (--benchmark-json or autosave file)",
-                       epilog="example: python -m bench report .benchmarks/Linux-CPython-3.12-64bit/0001_run.json")  # fmt: skip
+    what = "print the tables of a saved run (--benchmark-json or autosave file)"
+    p = sub.add_parser("report", help=what, epilog=REPORT_EXAMPLE)
     p.add_argument("file", help="a pytest-benchmark JSON file written by `pytest bench --benchmark-only ...`")
     p.add_argument("--width", type=int, help="table width in characters (default: the terminal's)")
 
-    from bench import check
-
-    p = sub.add_parser("check", help="quick benchmark run compared with the baseline; exit 1 on regression",
-                       formatter_class=fmt, description=check.__doc__,
-                       epilog="examples:\n  python -m bench check\n  python -m bench check --results run.json\n"
-                              "  python -m bench check --update-baseline")  # fmt: skip
+    what = "quick benchmark run compared with the baseline; exit 1 on regression"
+    p = sub.add_parser(
+        "check", help=what, description=check.__doc__, epilog=CHECK_EXAMPLES, formatter_class=fmt
+    )
     p.add_argument(
         "--baseline", type=Path, default=check.BASELINE, help="baseline file (default: bench/baseline.json)"
     )
@@ -41,16 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tolerance", type=float, help="allowed fall of a ratio below the baseline (default: the baseline's)"
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="threads per runtime in the quick run (default: the baseline's; with --update-baseline: all cores)",
-    )
-    p.add_argument(
-        "--train-threads",
-        type=int,
-        help="threads for the training rows (default: the baseline's; with --update-baseline: all cores)",
-    )
+    default = "(default: the baseline's; with --update-baseline: all cores)"
+    p.add_argument("--threads", type=int, help=f"threads per runtime in the quick run {default}")
+    p.add_argument("--train-threads", type=int, help=f"threads for the training rows {default}")
     p.add_argument(
         "--attempts", type=int, default=2, help="measure failing ratios up to this many times (default 2)"
     )
@@ -60,26 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        report.render(report.load(args.file), sys.stdout, width=args.width, color=sys.stdout.isatty())
+        return 0
+    if args.tolerance is not None and not 0 <= args.tolerance < 1:
+        raise UserError(f"--tolerance is a fraction in [0, 1), got {args.tolerance}")
+    for option, value in (("--threads", args.threads), ("--train-threads", args.train_threads)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be at least 1, got {value}")
+    return check.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "report":
-            from bench import report, results
-
-            report.render(results.load(args.file), sys.stdout, width=args.width, color=sys.stdout.isatty())
-            return 0
-        from bench import check
-
-        if args.tolerance is not None and not 0 <= args.tolerance < 1:
-            raise UserError(f"--tolerance is a fraction in [0, 1), got {args.tolerance}")
-        for name in ("threads", "train_threads"):
-            if getattr(args, name) is not None and getattr(args, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-        return check.main(args)
-    except (UserError, DataError) as e:
-        return fail(str(e))
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    return guarded(lambda: run(args))
 
 
 if __name__ == "__main__":

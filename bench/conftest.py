@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from bench import machine, results
+from bench import machine, report
 from bench.runtimes import Exports
 from mnist_zoo import data
 from mnist_zoo.models import get_model
-from mnist_zoo.util import UserError
+from mnist_zoo.targets import TARGET_ACCURACY
+from mnist_zoo.util import UserError, cpu_name, device_name
 
 QUICK_BUDGET_S = 0.3  # seconds of timed calls per latency row in --bench-quick (full: --benchmark-max-time)
 SEED = 0
@@ -40,56 +41,69 @@ class Options:
     min_rounds: int
 
 
+OPTIONS = pytest.StashKey[Options]()
+NOT_RUN = pytest.StashKey[int]()  # benchmarks deselected by --benchmark-skip (the default addopts)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("mnist-zoo benchmarks")
-    g.addoption("--bench-threads", default=None, metavar="N[,M...]",
-                help="threads for every runtime (torch and ORT intra-op); a list runs each (default: all cores)")  # fmt: skip
-    g.addoption("--bench-train-threads", type=int, default=None, metavar="N",
-                help="torch threads for the training rows, zoo and tutorial alike (default: all cores)")  # fmt: skip
-    g.addoption("--bench-device", default="auto", choices=("auto", "cpu", "cuda"),
-                help="auto: cpu rows, plus cuda rows (skipped with the reason when absent) (default: auto)")  # fmt: skip
-    g.addoption("--bench-quick", action="store_true",
-                help="the CI subset: short timings, no torch.compile, models trained in-run to their target")  # fmt: skip
+    group = parser.getgroup("mnist-zoo benchmarks")
+    group.addoption(
+        "--bench-threads",
+        metavar="N[,M...]",
+        help="threads for every runtime (torch and ORT intra-op); a list runs each (default: all cores)",
+    )
+    group.addoption(
+        "--bench-train-threads",
+        type=int,
+        metavar="N",
+        help="torch threads for the training rows, zoo and tutorial alike (default: all cores)",
+    )
+    group.addoption(
+        "--bench-device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto: cpu rows, plus cuda rows (skipped with the reason when absent) (default: auto)",
+    )
+    group.addoption(
+        "--bench-quick",
+        action="store_true",
+        help="the CI subset: short timings, no torch.compile, models trained in-run to their target",
+    )
 
 
-def _parse_threads(value: str | None, option: str = "--bench-threads") -> tuple[int, ...]:
+def _threads(value: str | None) -> tuple[int, ...]:
     if value in (None, "", "all"):
         return (machine.cores(),)
     try:
         threads = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
     except ValueError:
-        raise pytest.UsageError(f"{option} takes integers like 2 or 1,2, got {value!r}") from None
+        raise pytest.UsageError(f"--bench-threads takes integers like 2 or 1,2, got {value!r}") from None
     if not threads or threads[0] < 1:
-        raise pytest.UsageError(f"{option} must be at least 1, got {value!r}")
+        raise pytest.UsageError(f"--bench-threads must be at least 1, got {value!r}")
     return threads
 
 
-def _text(value: int | None) -> str | None:
-    return None if value is None else str(value)
-
-
-def options(config: pytest.Config) -> Options:
-    if not hasattr(config, "_mnist_zoo_bench"):
-        quick = bool(config.getoption("--bench-quick", False))
-        device = config.getoption("--bench-device", "auto")
-        budget = QUICK_BUDGET_S if quick else float(config.getoption("benchmark_max_time", 1.0))
-        config._mnist_zoo_bench = Options(
-            threads=_parse_threads(config.getoption("--bench-threads", None)),
-            train_threads=_parse_threads(_text(config.getoption("--bench-train-threads", None)), "--bench-train-threads")[0],
-            devices=("cpu", "cuda") if device == "auto" else (device,), quick=quick, budget_s=budget,
-            min_rounds=int(config.getoption("benchmark_min_rounds", 5)),
-        )  # fmt: skip
-    return config._mnist_zoo_bench
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    options(config)  # a bad --bench-* value is a one-line usage error now, not a traceback during collection
+    # Read the options now: a bad --bench-* value is a one-line usage error, not a traceback in collection.
+    quick = config.getoption("--bench-quick")
+    device = config.getoption("--bench-device")
+    train_threads = config.getoption("--bench-train-threads")
+    if train_threads is not None and train_threads < 1:
+        raise pytest.UsageError(f"--bench-train-threads must be at least 1, got {train_threads}")
+    config.stash[OPTIONS] = Options(
+        threads=_threads(config.getoption("--bench-threads")),
+        train_threads=train_threads or machine.cores(),
+        devices=("cpu", "cuda") if device == "auto" else (device,),
+        quick=quick,
+        budget_s=QUICK_BUDGET_S if quick else float(config.getoption("benchmark_max_time")),
+        min_rounds=int(config.getoption("benchmark_min_rounds")),
+    )
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`device` and `threads` arguments of benchmark tests are parametrised from the options."""
-    opts = options(metafunc.config)
+    opts = metafunc.config.stash[OPTIONS]
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", opts.devices)
     if "threads" in metafunc.fixturenames:
@@ -98,26 +112,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # --benchmark-only / --benchmark-skip (the default addopts): deselect what will not run, rather than list
-    # every unit test (or every benchmark) as a skip in the summary; "N deselected" still says they exist.
-    only, skip = config.getoption("benchmark_only", False), config.getoption("benchmark_skip", False)
-    if only or skip:
-        keep = [i for i in items if ("benchmark" in getattr(i, "fixturenames", ())) == bool(only)]
-        if len(keep) < len(items):
-            config.hook.pytest_deselected(items=[i for i in items if i not in set(keep)])
-            items[:] = keep
+    # every unit test (or every benchmark) as a skip; the terminal summary says how to run the benchmarks.
+    only = config.getoption("benchmark_only")
+    if only or config.getoption("benchmark_skip"):
+        benchmarks = {i for i in items if "benchmark" in getattr(i, "fixturenames", ())}
+        dropped = [i for i in items if (i in benchmarks) != only]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [i for i in items if (i in benchmarks) == only]
+        if not only:
+            config.stash[NOT_RUN] = len(dropped)
     # Training first: in quick mode the accuracy and latency rows use the models it trains.
     order = {"test_training.py": 0, "test_accuracy.py": 1, "test_inference.py": 2}
     bench_items = [i for i in items if i.path.parent.name == "bench" and i.path.name in order]
     if bench_items:
         first = items.index(bench_items[0])
-        rest = [i for i in items if i not in set(bench_items)]
+        rest = [i for i in items if i.path.parent.name != "bench" or i.path.name not in order]
         bench_items.sort(key=lambda i: order[i.path.name])
         items[:] = rest[:first] + bench_items + rest[first:]
 
 
 @pytest.fixture(scope="session")
 def bench_options(request: pytest.FixtureRequest) -> Options:
-    return options(request.config)
+    return request.config.stash[OPTIONS]
 
 
 @pytest.fixture(scope="session")
@@ -144,15 +161,23 @@ def torch_device(device: str) -> torch.device:
 
 @pytest.fixture(scope="session")
 def train_to_target(splits_on, bench_options: Options):
-    """run(name, device) -> TrainResult: the default recipe, evaluated on the test set evals_per_epoch times an
-    epoch, stopped at the first evaluation reaching the model's target accuracy (evaluation time not counted)."""
+    """run(name, device) -> TrainResult: the default recipe, evaluated on the test set evals_per_epoch times
+    an epoch, stopped at the first evaluation reaching the model's target accuracy (evaluation not timed)."""
     from mnist_zoo.train import recipe_for, train
 
     def run(name: str, device: torch.device | str = "cpu"):
         torch.set_num_threads(bench_options.train_threads)
         train_split, test_split = splits_on(device)
-        return train(name, recipe_for(name), train_split, test_split, seed=SEED, device=device,
-                     evals_per_epoch=EVALS_PER_EPOCH[name], stop_at_accuracy=results.TARGET_ACCURACY[name])  # fmt: skip
+        return train(
+            name,
+            recipe_for(name),
+            train_split,
+            test_split,
+            seed=SEED,
+            device=device,
+            evals_per_epoch=EVALS_PER_EPOCH[name],
+            stop_at_accuracy=TARGET_ACCURACY[name],
+        )
 
     run.evals_per_epoch = EVALS_PER_EPOCH
     return run
@@ -180,24 +205,22 @@ def zoo_model(bench_options: Options, trained_runs: dict, train_to_target):
         if not bench_options.quick:
             try:
                 model, meta = ensure_trained(name)
-            except (UserError, data.DataError) as e:  # e.g. a damaged checkpoint: one line per row
+            except UserError as e:  # e.g. a damaged checkpoint: one line per row
                 pytest.fail(str(e), pytrace=False)
-            source = (f"checkpoint {checkpoint_path(name)} ({meta.get('recipe')} recipe, {meta.get('epochs')} "
-                      f"epochs, seed {meta.get('seed')})")  # fmt: skip
+            recipe = f"{meta.get('recipe')} recipe, {meta.get('epochs')} epochs, seed {meta.get('seed')}"
+            source = f"checkpoint {checkpoint_path(name)} ({recipe})"
         elif name in trained_runs or trained:
             run = trained_runs.get(name) or train_to_target(name, "cpu")
             model = get_model(name)  # default memory layout: training leaves lenet channels_last on the CPU
             model.load_state_dict({k: v.contiguous() for k, v in run.model.state_dict().items()})
             acc = run.final.accuracy if run.final else float("nan")
-            source = f"trained in this run until {results.TARGET_ACCURACY[name]:.1%} (reached {acc:.2%})"
+            source = f"trained in this run until {TARGET_ACCURACY[name]:.1%} (reached {acc:.2%})"
         else:
             key = f"{name}:untrained"
             if key not in cache:
                 torch.manual_seed(SEED)
-                cache[key] = (
-                    get_model(name).eval(),
-                    f"untrained (seed {SEED}): latency does not depend on weights",
-                )
+                source = f"untrained (seed {SEED}): latency does not depend on weights"
+                cache[key] = (get_model(name).eval(), source)
             return cache[key]
         cache[name] = (model.cpu().eval(), source)
         return cache[name]
@@ -220,48 +243,47 @@ def new_row(benchmark, bench_options: Options):
 
     def make(kind: str, **fields) -> dict:
         info = benchmark.extra_info
-        info.update(format=results.FORMAT, kind=kind, quick=bench_options.quick, seed=SEED, cpu=machine.cpu_name(),
-                    cores=machine.cores(), versions=machine.versions(), peak=machine.peak_flops())  # fmt: skip
+        info.update(format=report.FORMAT, kind=kind, quick=bench_options.quick, seed=SEED, cpu=cpu_name())
+        info.update(cores=machine.cores(), versions=machine.versions(), peak=machine.peak_flops())
         info.update(fields)
         if str(fields.get("device", "cpu")).startswith("cuda"):
-            info["device_name"] = machine.cuda_device()
+            info["device_name"] = device_name(fields["device"])
         return info
 
     return make
 
 
 def _our_rows(config: pytest.Config) -> list[dict]:
-    session = getattr(config, "_benchmarksession", None)
-    benchmarks = getattr(session, "benchmarks", [])
-    return [
-        b.extra_info
-        for b in benchmarks
-        if b and not b.has_error and b.extra_info.get("format") == results.FORMAT
-    ]
+    benchmarks = getattr(getattr(config, "_benchmarksession", None), "benchmarks", [])
+    done = [b for b in benchmarks if b and not b.has_error]
+    return [b.extra_info for b in done if b.extra_info.get("format") == report.FORMAT]
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus):
     # Before pytest-benchmark saves its JSON (its own sessionfinish wrapper runs inside this one): the ratios
     # between rows go into each row's extra_info, so --benchmark-json and autosaved files carry them.
-    results.derive(_our_rows(session.config))
+    report.derive(_our_rows(session.config))
     yield
 
 
+def _machine(config: pytest.Config) -> dict:
+    opts = config.stash[OPTIONS]
+    return machine.describe(list(opts.threads), opts.train_threads, opts.quick)
+
+
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    opts = options(config)
-    machine_info["mnist_zoo"] = machine.describe(list(opts.threads), opts.train_threads, opts.quick)
+    machine_info["mnist_zoo"] = _machine(config)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    if config.stash.get(NOT_RUN, 0):
+        n = config.stash[NOT_RUN]
+        terminalreporter.write_line(f"{n} benchmarks not run: pytest --benchmark-only runs them")
     rows = _our_rows(config)
     if not rows:
         return
-    from bench import report  # rich rendering only when there is something to show
-
-    opts = options(config)
-    doc = {"machine_info": {"mnist_zoo": machine.describe(list(opts.threads), opts.train_threads, opts.quick)},
-           "benchmarks": [{"extra_info": r} for r in rows]}  # fmt: skip
+    doc = {"machine_info": {"mnist_zoo": _machine(config)}, "benchmarks": [{"extra_info": r} for r in rows]}
     buffer = io.StringIO()
     tty = terminalreporter.hasmarkup  # piped output gets room for every column rather than an 80-column wrap
     report.render(doc, buffer, width=terminalreporter._tw.fullwidth if tty else 150, color=tty)

@@ -2,13 +2,14 @@
 
     python -m bench.machine          # print the machine record as JSON
 
-The peak FLOP/s is the ceiling a model's throughput is set against (images/s <= peak / (2 x multiply-adds)):
-cores x clock x FP32 FLOP per cycle per core, the last from the widest FMA the CPU advertises. It is an
-estimate (turbo clocks, AVX frequency drops and the number of FMA ports vary by model) and says so.
+The peak FLOP/s is cores x clock x FP32 FLOP per cycle per core, the last from the widest FMA the CPU
+advertises. It is an estimate (turbo clocks, AVX frequency drops and the number of FMA ports vary by model)
+and says so; the report sets each model's throughput against it (bench/report.py, "% of ceiling").
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from mnist_zoo.util import cpu_name
+from mnist_zoo.util import cpu_name, device_name, guarded
 
 # FP32 FLOP per cycle per core: 2 FMA ports x lanes x 2 (multiply + add). AVX-512 parts with one FMA port
 # exist; we assume two, so the ceiling errs high (a model reaching a small fraction of it is not suspicious).
-FLOP_PER_CYCLE = (("avx512f", 64), ("fma", 32), ("avx", 16), ("sse2", 8))
+FLOP_PER_CYCLE = {"avx512f": 64, "fma": 32, "avx": 16, "sse2": 8}  # widest first
 
 
 def cores() -> int:
@@ -33,14 +34,7 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def clock_ghz(cpuinfo: str | None = None) -> tuple[float | None, str]:
+def clock_ghz(cpuinfo: str) -> tuple[float | None, str]:
     """The CPU clock in GHz and where it came from: cpufreq's maximum, /proc/cpuinfo's MHz, else the BogoMIPS
     that virtual machines still report (twice the TSC clock on x86)."""
     try:
@@ -48,28 +42,31 @@ def clock_ghz(cpuinfo: str | None = None) -> tuple[float | None, str]:
         return khz / 1e6, "cpufreq max"
     except (OSError, ValueError):
         pass
-    text = _cpuinfo() if cpuinfo is None else cpuinfo
-    if m := re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M):
+    if m := re.search(r"^cpu MHz\s*:\s*([\d.]+)", cpuinfo, re.M):
         return float(m.group(1)) / 1000, "/proc/cpuinfo MHz"
-    if m := re.search(r"^bogomips\s*:\s*([\d.]+)", text, re.M | re.I):
+    if m := re.search(r"^bogomips\s*:\s*([\d.]+)", cpuinfo, re.M | re.I):
         return float(m.group(1)) / 2000, "BogoMIPS / 2"
     return None, "unknown"
 
 
 def peak_flops(n_cores: int | None = None, cpuinfo: str | None = None) -> dict:
     """{'flops': FP32 FLOP/s or None, 'how': the arithmetic behind it}."""
-    text = _cpuinfo() if cpuinfo is None else cpuinfo
-    flags = set(m.group(1).split()) if (m := re.search(r"^flags\s*:\s*(.*)$", text, re.M)) else set()
-    per_cycle, isa = next(((n, f) for f, n in FLOP_PER_CYCLE if f in flags), (None, None))
-    ghz, source = clock_ghz(text)
-    n_cores = n_cores or cores()
-    if per_cycle is None or ghz is None:
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = set(m.group(1).split()) if (m := re.search(r"^flags\s*:\s*(.*)$", cpuinfo, re.M)) else set()
+    isa = next((f for f in FLOP_PER_CYCLE if f in flags), None)
+    ghz, source = clock_ghz(cpuinfo)
+    if isa is None or ghz is None:
         return {"flops": None, "how": "unknown (no /proc/cpuinfo flags or clock)"}
-    flops = n_cores * ghz * 1e9 * per_cycle
+    n_cores = n_cores or cores()
+    per_cycle = FLOP_PER_CYCLE[isa]
     how = (
         f"{n_cores} cores x {ghz:.2f} GHz ({source}) x {per_cycle} FP32 FLOP/cycle ({isa.upper()}), estimated"
     )
-    return {"flops": flops, "how": how}
+    return {"flops": n_cores * ghz * 1e9 * per_cycle, "how": how}
 
 
 def versions() -> dict:
@@ -80,10 +77,6 @@ def versions() -> dict:
         except ImportError:
             out[name] = None
     return out
-
-
-def cuda_device() -> str | None:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def ort_providers() -> list[str]:
@@ -102,7 +95,7 @@ def describe(threads: list[int] | None = None, train_threads: int | None = None,
         "cpu_count": os.cpu_count(),
         "threads": threads or [torch.get_num_threads()],  # inference (each) and accuracy (the largest) rows
         "train_threads": train_threads or torch.get_num_threads(),
-        "cuda": cuda_device(),
+        "cuda": device_name("cuda") if torch.cuda.is_available() else None,
         "ort_providers": ort_providers(),
         "peak": peak_flops(),
         "versions": versions(),
@@ -111,8 +104,13 @@ def describe(threads: list[int] | None = None, train_threads: int | None = None,
     }
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        print("usage: python -m bench.machine   (prints the machine record as JSON; no options)")
-        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
+def main(argv: list[str] | None = None) -> int:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m bench.machine", description=__doc__, formatter_class=fmt)
+    parser.parse_args(argv)  # no options: --help only
     print(json.dumps(describe(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(main))

@@ -23,15 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnist_zoo.targets import precision
+
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8", "compile")
-LABELS = {
+LABELS = {  # as the tables name them (ORT: ONNX Runtime)
     "eager": "PyTorch eager",
     "torchscript": "TorchScript",
     "ort-fp32": "ORT fp32",
     "ort-int8": "ORT int8",
     "compile": "torch.compile",
-}  # fmt: skip  (ORT: ONNX Runtime)
-INT8 = ("ort-int8",)  # runtimes whose outputs are quantised, so agree with eager only approximately
+}
 OPTIONAL_PACKAGES = {"onnx", "onnxruntime", "onnxscript"}  # missing ones make a runtime absent, not broken
 INSTALL_HINT = "pip install 'mnist-zoo[export]'"
 
@@ -42,9 +43,6 @@ class Unavailable(Exception):
 
 @dataclass
 class Predictor:
-    runtime: str
-    device: torch.device
-    threads: int
     prepare: Callable[[torch.Tensor], Any]  # normalised CPU float32 [N,1,28,28] -> the runtime's input
     run: Callable[[Any], Any]  # the timed call; returns the runtime's output, synchronised
     to_logits: Callable[[Any], torch.Tensor]  # the runtime's output -> CPU float32 logits [N, 10]
@@ -52,14 +50,6 @@ class Predictor:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_logits(self.run(self.prepare(x)))
-
-
-def _import_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise Unavailable(f"onnxruntime is not installed ({INSTALL_HINT})") from None
-    return ort
 
 
 def unavailable(runtime: str, device: torch.device) -> str | None:
@@ -70,12 +60,12 @@ def unavailable(runtime: str, device: torch.device) -> str | None:
         return "torch sees no CUDA device"
     if runtime.startswith("ort"):
         try:
-            ort = _import_ort()
-        except Unavailable as e:
-            return str(e)
+            import onnxruntime as ort
+        except ImportError:
+            return f"onnxruntime is not installed ({INSTALL_HINT})"
         if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             return "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)"
-        if device.type == "cuda" and runtime in INT8:
+        if device.type == "cuda" and precision(runtime) == "int8":
             return (
                 "onnxruntime's CUDA provider has no int8 kernels for quantised models (CPU or TensorRT only)"
             )
@@ -87,9 +77,7 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def _torch_predictor(
-    runtime: str, module: Callable, device: torch.device, threads: int, info=None
-) -> Predictor:
+def _torch_predictor(module: Callable, device: torch.device, info: dict | None = None) -> Predictor:
     sync = _sync(device)
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -98,11 +86,10 @@ def _torch_predictor(
         sync()
         return out
 
-    return Predictor(runtime, device, threads, lambda x: x.to(device).contiguous(), run,
-                     lambda out: out.float().cpu(), info or {})  # fmt: skip
+    return Predictor(lambda x: x.to(device).contiguous(), run, lambda out: out.float().cpu(), info or {})
 
 
-def _compiled(model: nn.Module, device: torch.device, threads: int) -> Predictor:
+def _compiled(model: nn.Module, device: torch.device) -> Predictor:
     # Every zoo model is an nn.Sequential, so all their compiled graphs hang off one code object
     # (Sequential.forward), and 3 models x 3 batch sizes exceed dynamo's default limit of 8 variants per code
     # object: under fullgraph=True the ninth would fail instead of being measured.
@@ -111,7 +98,7 @@ def _compiled(model: nn.Module, device: torch.device, threads: int) -> Predictor
     setattr(config, limit, max(getattr(config, limit), 64))
     # fullgraph=True: a graph break would silently run parts eagerly, and the row would not be what it says.
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
-    predictor = _torch_predictor("compile", compiled, device, threads, {"compile_seconds": {}})
+    predictor = _torch_predictor(compiled, device, {"compile_seconds": {}})
     plain_run = predictor.run
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -131,23 +118,31 @@ def _compiled(model: nn.Module, device: torch.device, threads: int) -> Predictor
     return predictor
 
 
-def _ort_predictor(runtime: str, path: Path, device: torch.device, threads: int) -> Predictor:
-    ort = _import_ort()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1  # a chain of layers has no parallel branches to feed more threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+def _ort_predictor(path: Path, device: torch.device, threads: int) -> Predictor:
+    import onnxruntime as ort
+
+    from export.verify import ort_session
+
+    # The export's own loader (it checks the file's seal, then onnx.checker): `threads` intra-op threads, one
+    # inter-op thread, sequential execution.
+    session = ort_session(path, threads)
     cuda = device.type == "cuda"
     index = device.index or 0
-    providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"] if cuda else None
-    session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
-    if cuda and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise Unavailable(f"onnxruntime could not start its CUDA provider (got {session.get_providers()})")
+    if cuda:  # the same session options, on the GPU
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        session = ort.InferenceSession(str(path), session.get_session_options(), providers=providers)
+        if session.get_providers()[0] != "CUDAExecutionProvider":
+            got = session.get_providers()
+            raise Unavailable(f"onnxruntime could not start its CUDA provider (got {got})")
     in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     info = {"providers": session.get_providers(), "intra_op_num_threads": threads}
     if not cuda:
-        return Predictor(runtime, device, threads, lambda x: {in_name: x.contiguous().numpy()},
-                         lambda feed: session.run([out_name], feed)[0], torch.from_numpy, info)  # fmt: skip
+        return Predictor(
+            prepare=lambda x: {in_name: x.contiguous().numpy()},
+            run=lambda feed: session.run([out_name], feed)[0],
+            to_logits=torch.from_numpy,
+            info=info,
+        )
 
     def prepare(x: torch.Tensor):
         # The input goes to the GPU once, through an IOBinding, so the timed call does not copy it again.
@@ -163,8 +158,10 @@ def _ort_predictor(runtime: str, path: Path, device: torch.device, threads: int)
         binding.synchronize_outputs()
         return binding
 
-    return Predictor(runtime, device, threads, prepare, run,
-                     lambda b: torch.from_numpy(b.copy_outputs_to_cpu()[0]), info)  # fmt: skip
+    def to_logits(binding) -> torch.Tensor:
+        return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
+
+    return Predictor(prepare, run, to_logits, info)
 
 
 class Exports:
@@ -174,27 +171,18 @@ class Exports:
     def __init__(self, directory: Path, calibration: torch.Tensor | None):
         self.directory, self.calibration = Path(directory), calibration
         self._paths: dict[tuple[str, str, str], Path] = {}
-        self.seconds: dict[tuple[str, str, str], float] = {}
 
     def path(self, name: str, model: nn.Module, kind: str) -> Path:
         from export.integrity import weights_digest  # lazily: onnx may be absent, and its rows then skip
 
-        key = (
-            name,
-            kind,
-            weights_digest(model.state_dict()),
-        )  # the same name may come with other weights (trained or not)
-        if key not in self._paths:
-            t0 = time.perf_counter()
-            self._paths[key] = self._make(name, model, kind)
-            self.seconds[key] = round(time.perf_counter() - t0, 2)
-        return self._paths[key]
+        # Keyed by the weights too: the same name may come trained or untrained.
+        digest = weights_digest(model.state_dict())
+        if (name, kind, digest) not in self._paths:
+            self._paths[name, kind, digest] = self._make(name, model, kind, f"{name}-{digest[:12]}")
+        return self._paths[name, kind, digest]
 
-    def _make(self, name: str, model: nn.Module, kind: str) -> Path:
-        from export.integrity import weights_digest
-
+    def _make(self, name: str, model: nn.Module, kind: str, stem: str) -> Path:
         cpu_model = copy.deepcopy(model).cpu().eval()
-        stem = f"{name}-{weights_digest(model.state_dict())[:12]}"
         try:
             if kind == "torchscript":
                 from export.to_torchscript import export_torchscript
@@ -216,21 +204,22 @@ class Exports:
         raise ValueError(f"unknown export kind {kind!r}")
 
 
-def build(runtime: str, model: nn.Module, device: torch.device, threads: int, exports: Exports,
-          name: str) -> Predictor:  # fmt: skip
+def build(
+    runtime: str, model: nn.Module, device: torch.device, threads: int, exports: Exports, name: str
+) -> Predictor:
     """A Predictor for `model` (a zoo model called `name`) in `runtime` on `device` with `threads` threads."""
     reason = unavailable(runtime, device)
     if reason:
         raise Unavailable(reason)
     torch.set_num_threads(threads)
     if runtime == "eager":
-        return _torch_predictor(runtime, copy.deepcopy(model).to(device).eval(), device, threads)
+        return _torch_predictor(copy.deepcopy(model).to(device).eval(), device)
     if runtime == "compile":
-        return _compiled(copy.deepcopy(model).to(device).eval(), device, threads)
+        return _compiled(copy.deepcopy(model).to(device).eval(), device)
     if runtime == "torchscript":
         from export.to_torchscript import load_torchscript  # checks the weights digest the export wrote
 
         scripted, _ = load_torchscript(exports.path(name, model, "torchscript"))
-        return _torch_predictor(runtime, scripted.to(device).eval(), device, threads)
-    kind = "onnx-int8" if runtime in INT8 else "onnx"
-    return _ort_predictor(runtime, exports.path(name, model, kind), device, threads)
+        return _torch_predictor(scripted.to(device).eval(), device)
+    kind = "onnx-int8" if precision(runtime) == "int8" else "onnx"
+    return _ort_predictor(exports.path(name, model, kind), device, threads)

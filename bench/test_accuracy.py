@@ -2,11 +2,12 @@
 
     pytest bench/test_accuracy.py --benchmark-only
 
-Per row (extra_info kind "accuracy"): test accuracy, agreement with PyTorch eager (share of identical predicted
-digits), the largest logit difference, and the seconds to run the test set at batch 1000 (the benchmark's time).
-A row fails when its accuracy is under the model's floor (mlp 92%, dnn 97.5%, lenet 99%; int8 0.5 points
-lower) or when an export stops agreeing with PyTorch (fp32: 99.9% of predictions and logits within 1e-3;
-int8: 98% of predictions).
+Per row (extra_info kind "accuracy"): test accuracy, agreement with PyTorch eager (share of identical
+predicted digits), the largest logit difference, and the seconds to run the test set at batch 1000 (the
+benchmark's time).
+A row fails when its accuracy is under the model's floor or when an export stops agreeing with PyTorch (its
+share of identical predictions, and for fp32 its largest logit difference); the floors are the BENCH_* ones in
+mnist_zoo/targets.py.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import results
 from bench.runtimes import RUNTIMES, Unavailable, build, unavailable
 from mnist_zoo.data import normalize
 from mnist_zoo.models import list_models
+from mnist_zoo.targets import BENCH_AGREEMENT_FLOOR, BENCH_LOGIT_ATOL, accuracy_floor, precision
 
 EVAL_BATCH = 1000
 ROUNDS = 2  # passes over the test set timed per row (quick: 1)
@@ -48,8 +49,18 @@ def reference_logits(zoo_model, exports, test_split, bench_options):
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("model_name", list_models())
-def test_accuracy(benchmark, new_row, bench_options, torch_device, zoo_model, exports, test_split,
-                  reference_logits, model_name, runtime):  # fmt: skip
+def test_accuracy(
+    benchmark,
+    new_row,
+    bench_options,
+    torch_device,
+    zoo_model,
+    exports,
+    test_split,
+    reference_logits,
+    model_name,
+    runtime,
+):
     reason = unavailable(runtime, torch_device)
     if reason:
         pytest.skip(reason)
@@ -64,8 +75,8 @@ def test_accuracy(benchmark, new_row, bench_options, torch_device, zoo_model, ex
     except Unavailable as e:
         pytest.skip(str(e))
     benchmark.group = f"accuracy: seconds to run the {len(test_split):,} test images at batch {EVAL_BATCH}"
-    outputs = benchmark.pedantic(lambda: [predictor.run(b) for b in batches],
-                                 rounds=1 if bench_options.quick else ROUNDS, warmup_rounds=0)  # fmt: skip
+    rounds = 1 if bench_options.quick else ROUNDS
+    outputs = benchmark.pedantic(lambda: [predictor.run(b) for b in batches], rounds=rounds, warmup_rounds=0)
     logits = torch.cat([predictor.to_logits(o) for o in outputs])
     reference = reference_logits(model_name, torch_device)
     labels = test_split.labels
@@ -73,22 +84,35 @@ def test_accuracy(benchmark, new_row, bench_options, torch_device, zoo_model, ex
     accuracy = (predictions == labels).float().mean().item()
     agreement = (predictions == reference.argmax(1)).float().mean().item()
     max_diff = (logits - reference).abs().max().item()
-    precision = results.precision(runtime)
-    floor = results.accuracy_floor(model_name, runtime)
-    new_row("accuracy", model=model_name, runtime=runtime, device=str(torch_device), threads=threads,
-            batch=EVAL_BATCH, images=len(labels), accuracy=accuracy, floor=floor, agreement=agreement,
-            agreement_floor=results.AGREEMENT_FLOOR[precision], max_abs_logit_diff=max_diff,
-            images_per_second=len(labels) / benchmark.stats.stats.median, weights=source,
-            runtime_info=predictor.info)  # fmt: skip
+    floor = accuracy_floor(model_name, runtime)
+    agreement_floor = BENCH_AGREEMENT_FLOOR[precision(runtime)]
+    new_row(
+        "accuracy",
+        model=model_name,
+        runtime=runtime,
+        device=str(torch_device),
+        threads=threads,
+        batch=EVAL_BATCH,
+        images=len(labels),
+        accuracy=accuracy,
+        floor=floor,
+        agreement=agreement,
+        agreement_floor=agreement_floor,
+        max_abs_logit_diff=max_diff,
+        images_per_second=len(labels) / benchmark.stats.stats.median,
+        weights=source,
+        runtime_info=predictor.info,
+    )
     assert logits.shape == (len(labels), 10)
     assert accuracy >= floor, (
         f"{model_name} in {runtime}: test accuracy {accuracy:.2%} is under its floor {floor:.2%}"
     )
-    assert agreement >= results.AGREEMENT_FLOOR[precision], (
-        f"{model_name} in {runtime} predicts a different digit than PyTorch for {1 - agreement:.2%} of the test set"
+    assert agreement >= agreement_floor, (
+        f"{model_name} in {runtime} predicts a different digit than PyTorch for {1 - agreement:.2%} of the "
+        "test set"
     )
-    if precision == "fp32":
-        atol = results.LOGIT_ATOL[torch_device.type]
+    if precision(runtime) == "fp32":
+        atol = BENCH_LOGIT_ATOL[torch_device.type]
         assert max_diff <= atol, (
             f"{model_name} in {runtime}: logits differ from PyTorch by up to {max_diff:.2g}"
         )

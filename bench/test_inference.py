@@ -6,9 +6,9 @@
 
 Per row (extra_info kind "inference"): p50, p90 and p99 latency of single calls (from pytest-benchmark's raw
 samples), IQR/median, images/s (batch / p50), and, filled in at the end of the run, the speed-up over PyTorch
-eager at the same model, device, batch and threads. The input is real test images, normalised and moved to the
-device before timing; CUDA rows synchronise inside the timed call. Absent runtimes and devices are skipped with
-the reason.
+eager at the same model, device, batch and threads. The input is real test images, normalised and moved to
+the device before timing; CUDA rows synchronise inside the timed call. Absent runtimes and devices are skipped
+with the reason.
 """
 
 from __future__ import annotations
@@ -26,15 +26,28 @@ BATCHES = (1, 64, 1000)
 @pytest.fixture(scope="session")
 def predictors():
     """torch.compile predictors, reused across batch sizes so each model compiles once per shape per session.
-    (Other runtimes are built per row: an idle ONNX Runtime session keeps threads that could disturb others.)"""
+    (Other runtimes are built per row: an idle ONNX Runtime session keeps threads that could disturb others.)
+    """
     return {}
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=[f"b{b}" for b in BATCHES])
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("model_name", list_models())
-def test_latency(benchmark, new_row, bench_options, torch_device, threads, zoo_model, exports, test_split,
-                 predictors, model_name, runtime, batch):  # fmt: skip
+def test_latency(
+    benchmark,
+    new_row,
+    bench_options,
+    torch_device,
+    threads,
+    zoo_model,
+    exports,
+    test_split,
+    predictors,
+    model_name,
+    runtime,
+    batch,
+):
     reason = unavailable(runtime, torch_device)
     if reason:
         pytest.skip(reason)
@@ -52,8 +65,19 @@ def test_latency(benchmark, new_row, bench_options, torch_device, threads, zoo_m
         pytest.skip(str(e))
     assert out.shape == (batch, 10)
     benchmark.group = f"inference: {model_name}, batch {batch}, {torch_device.type}"
-    stats = timing.measure(benchmark, lambda: predictor.run(x), batch=batch, budget_s=bench_options.budget_s,
-                           min_rounds=max(timing.MIN_ROUNDS, bench_options.min_rounds))  # fmt: skip
-    new_row("inference", model=model_name, runtime=runtime, device=str(torch_device), batch=batch,
-            threads=threads, macs=model_info(model_name).macs, weights=source, runtime_info=predictor.info,
-            **stats)  # fmt: skip
+    budget_s, min_rounds = bench_options.budget_s, max(timing.MIN_ROUNDS, bench_options.min_rounds)
+    stats = timing.measure(
+        benchmark, lambda: predictor.run(x), batch=batch, budget_s=budget_s, min_rounds=min_rounds
+    )
+    new_row(
+        "inference",
+        model=model_name,
+        runtime=runtime,
+        device=str(torch_device),
+        batch=batch,
+        threads=threads,
+        macs=model_info(model_name).macs,
+        weights=source,
+        runtime_info=predictor.info,
+        **stats,
+    )

@@ -1,19 +1,20 @@
-"""Training benchmarks: time per epoch, time to target accuracy, and the tutorial pipeline measured beside them.
+"""Training benchmarks: time per epoch, time to target accuracy, and the tutorial pipeline timed beside them.
 
     pytest bench/test_training.py --benchmark-only            # a couple of minutes on 2 cores
 
 Rows (extra_info kind):
   epoch             one epoch of the default recipe on the 60,000 training images: seconds and images/s
-  time-to-accuracy  the default recipe until test accuracy first reaches the target (mlp 92%, dnn 97.5%,
-                    lenet 99%), evaluated evals_per_epoch times an epoch; training seconds only (evaluation is
-                    not counted), plus, from the same run, the seconds to the tutorial's final 98.4%
-  tutorial          the tutorial's pipeline (bench/tutorial.py: per-sample PIL transforms, 4-worker DataLoader,
-                    batch 32) timed step by step on the same machine in the same run; its 5-epoch time is
-                    derived as 300,000 images / its measured images/s (running it takes minutes), and says so.
-                    Its steps come in segments, each right after a short zoo run (the default recipe on 10,240
-                    images): zoo vs tutorial images/s is the median over these adjacent pairs, so a machine whose
-                    speed drifts (shared CI hosts do) moves both sides of each ratio alike
-The ratios (zoo images/s vs tutorial, tutorial 5 epochs vs zoo to 98.4%) are filled in at the end of the run.
+  time-to-accuracy  the default recipe until test accuracy first reaches the model's TARGET_ACCURACY,
+                    evaluated evals_per_epoch times an epoch; training seconds only (evaluation is not
+                    counted), plus, from the same run, the seconds to the tutorial's final accuracy
+  tutorial          the tutorial's pipeline (bench/tutorial.py: per-sample PIL transforms, 4-worker
+                    DataLoader, batch 32) timed step by step on the same machine in the same run; its 5-epoch
+                    time is derived as TUTORIAL_IMAGES / its measured images/s (running it takes minutes), and
+                    says so. Its steps come in segments, each right after a short zoo run (the default recipe
+                    on 10,240 images): zoo vs tutorial images/s is the median over these adjacent pairs, so a
+                    machine whose speed drifts (shared CI hosts do) moves both sides of each ratio alike
+The ratios (zoo images/s vs tutorial, tutorial 5 epochs vs zoo to its accuracy) are filled in at the end of
+the run. The targets and the tutorial's figures are in mnist_zoo/targets.py.
 """
 
 from __future__ import annotations
@@ -23,17 +24,19 @@ import statistics
 import pytest
 import torch
 
-from bench import results, tutorial
+from bench import tutorial
+from bench.report import seconds_to
 from mnist_zoo.models import list_models
+from mnist_zoo.targets import TARGET_ACCURACY, TUTORIAL_ACCURACY, TUTORIAL_IMAGES
 from mnist_zoo.train import recipe_for, train
 
 # Rounds (epochs) timed per model: an epoch of mlp takes about a second, of lenet several.
 EPOCH_ROUNDS = {"mlp": 3, "dnn": 3, "lenet": 2}
-TUTORIAL_STEPS, TUTORIAL_STEPS_QUICK, TUTORIAL_WARMUP = 320, 120, 20
-# Pairs: a zoo run of PAIR_ZOO_IMAGES (40 lenet steps of its batch of 256, under a second), then PAIR_STEPS tutorial
-# steps. The first PAIR_REFILL tutorial steps after a zoo run are not timed: the workers filled their queue while
-# the zoo ran, and serving it is not their steady rate.
-PAIR_STEPS, PAIR_REFILL, PAIR_ZOO_IMAGES = 40, 10, 10_240  # 8 pairs, quick: 3
+TUTORIAL_STEPS, TUTORIAL_STEPS_QUICK = 320, 120
+# Pairs: a zoo run of PAIR_ZOO_IMAGES (40 lenet steps of its batch of 256, under a second), then PAIR_STEPS
+# tutorial steps (8 pairs, quick: 3). The first PAIR_REFILL tutorial steps after a zoo run are not timed: the
+# workers filled their queue while the zoo ran, and serving it is not their steady rate.
+PAIR_STEPS, PAIR_REFILL, PAIR_ZOO_IMAGES = 40, 10, 10_240
 TUTORIAL_MODELS_QUICK = ("lenet",)  # the ratio the check watches; the others only in full runs
 
 
@@ -53,10 +56,19 @@ def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model
         one_epoch, rounds=1 if bench_options.quick else EPOCH_ROUNDS[model_name], warmup_rounds=0
     )
     seconds = benchmark.stats.stats.median
-    new_row("epoch", model=model_name, device=str(torch_device), threads=threads, recipe="default",
-            batch_size=recipe.batch_size, images=len(train_split), epoch_seconds=seconds,
-            images_per_second=len(train_split) / seconds, rounds=len(runs),
-            optimisation_seconds=[round(r.train_seconds, 3) for r in runs])  # fmt: skip
+    new_row(
+        "epoch",
+        model=model_name,
+        device=str(torch_device),
+        threads=threads,
+        recipe="default",
+        batch_size=recipe.batch_size,
+        images=len(train_split),
+        epoch_seconds=seconds,
+        images_per_second=len(train_split) / seconds,
+        rounds=len(runs),
+        optimisation_seconds=[round(r.train_seconds, 3) for r in runs],
+    )
     assert all(r.images_seen == len(train_split) for r in runs)
     assert all(torch.isfinite(torch.tensor(r.history[-1]["train_loss"])) for r in runs), "training diverged"
 
@@ -65,7 +77,7 @@ def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model
 def test_time_to_accuracy(
     benchmark, new_row, bench_options, torch_device, train_to_target, trained_runs, model_name
 ):
-    target = results.TARGET_ACCURACY[model_name]
+    target = TARGET_ACCURACY[model_name]
     benchmark.group = "training: time to target accuracy (wall time, evaluations included)"
     result = benchmark.pedantic(train_to_target, args=(model_name, torch_device), rounds=1, warmup_rounds=0)
     if torch_device.type == "cpu":
@@ -73,20 +85,30 @@ def test_time_to_accuracy(
     curve = [[round(h["train_seconds"], 3), h["eval_accuracy"]] for h in result.history]
     reached = bool(result.history) and result.history[-1]["eval_accuracy"] >= target
     last = result.history[-1] if result.history else {}
-    new_row("time-to-accuracy", model=model_name, device=str(torch_device), threads=bench_options.train_threads,
-            recipe="default", target=target, reached=reached,
-            seconds_to_target=result.train_seconds if reached else None, epochs_to_target=last.get("epoch") if reached else None,
-            accuracy=last.get("eval_accuracy"), evals_per_epoch=train_to_target.evals_per_epoch[model_name], curve=curve,
-            tutorial_accuracy=results.TUTORIAL_ACCURACY,
-            seconds_to_tutorial_accuracy=results.seconds_to(curve, results.TUTORIAL_ACCURACY))  # fmt: skip
+    new_row(
+        "time-to-accuracy",
+        model=model_name,
+        device=str(torch_device),
+        threads=bench_options.train_threads,
+        recipe="default",
+        target=target,
+        reached=reached,
+        seconds_to_target=result.train_seconds if reached else None,
+        epochs_to_target=last.get("epoch") if reached else None,
+        accuracy=last.get("eval_accuracy"),
+        evals_per_epoch=train_to_target.evals_per_epoch[model_name],
+        curve=curve,
+        tutorial_accuracy=TUTORIAL_ACCURACY,
+        seconds_to_tutorial_accuracy=seconds_to(curve, TUTORIAL_ACCURACY),
+    )
     best = max((a for _, a in curve), default=0.0)
     assert reached, (
         f"{model_name} did not reach {target:.1%} test accuracy within its default recipe (best {best:.2%})"
     )
 
 
-# The tutorial's 4 workers on a machine with fewer cores is what the reference row measures, so torch's warning
-# about it is expected here.
+# The tutorial's 4 workers on a machine with fewer cores is what the reference row measures, so torch's
+# warning about it is expected here.
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("model_name", list_models())
 def test_tutorial_pipeline(benchmark, new_row, bench_options, splits_on, model_name):
@@ -113,8 +135,7 @@ def test_tutorial_pipeline(benchmark, new_row, bench_options, splits_on, model_n
         calls += 1
 
     try:
-        # Warm-up: worker start-up and the first batches' prefetch are not the pipeline's steady rate.
-        for _ in range(TUTORIAL_WARMUP):
+        for _ in range(tutorial.WARMUP):  # not timed: worker start-up and the first prefetch
             step()
         train(model_name, zoo_recipe, zoo_split, seed=0)  # nor is the zoo's first call
         benchmark.pedantic(step, setup=before_step, rounds=steps, warmup_rounds=0, iterations=1)
@@ -129,12 +150,24 @@ def test_tutorial_pipeline(benchmark, new_row, bench_options, splits_on, model_n
         zoo * sum(seg) / (tutorial.BATCH_SIZE * len(seg))
         for zoo, seg in zip(zoo_rates, segments, strict=True)
     ]
-    new_row("tutorial", model=model_name, device="cpu", threads=threads, batch_size=tutorial.BATCH_SIZE,
-            workers=tutorial.WORKERS, steps=steps, images_per_second=ips,
-            five_epochs_seconds_derived=results.TUTORIAL_IMAGES / ips,
-            derivation=f"tutorial 5-epoch time = {results.TUTORIAL_IMAGES:,} images / measured {ips:,.0f} images/s "
-            "(derived from its throughput, not run for 5 epochs)",
-            paired_zoo_images_per_second=[round(z) for z in zoo_rates], paired_ratios=[round(p, 3) for p in paired],
-            vs_tutorial_paired=statistics.median(paired),
-            pairing=f"{PAIR_ZOO_IMAGES:,} zoo images, then {PAIR_STEPS} timed tutorial steps")  # fmt: skip
+    derivation = (
+        f"tutorial 5-epoch time = {TUTORIAL_IMAGES:,} images / measured {ips:,.0f} images/s "
+        "(derived from its throughput, not run for 5 epochs)"
+    )
+    new_row(
+        "tutorial",
+        model=model_name,
+        device="cpu",
+        threads=threads,
+        batch_size=tutorial.BATCH_SIZE,
+        workers=tutorial.WORKERS,
+        steps=steps,
+        images_per_second=ips,
+        five_epochs_seconds_derived=TUTORIAL_IMAGES / ips,
+        derivation=derivation,
+        paired_zoo_images_per_second=[round(z) for z in zoo_rates],
+        paired_ratios=[round(p, 3) for p in paired],
+        vs_tutorial_paired=statistics.median(paired),
+        pairing=f"{PAIR_ZOO_IMAGES:,} zoo images, then {PAIR_STEPS} timed tutorial steps",
+    )
     assert ips > 0 and paired

@@ -1,5 +1,5 @@
-"""Latency measurement on top of pytest-benchmark: warm up, size the rounds to a time budget, time one call per
-round, and compute the percentiles pytest-benchmark does not (p50, p90, p99) from its raw samples.
+"""Latency measurement on top of pytest-benchmark: warm up, size the rounds to a time budget, time one call
+per round, and compute the percentiles pytest-benchmark does not (p50, p90, p99) from its raw samples.
 
     >>> stats = measure(benchmark, lambda: predictor.run(x), batch=64, budget_s=1.0)
     >>> stats["p50_s"], stats["images_per_second"]
@@ -15,12 +15,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-WARMUP_S, MIN_WARMUP_CALLS = (
-    0.2,
-    5,
-)  # first calls pay for lazy init: allocators, oneDNN primitives, cuDNN tuning
+# The first calls pay for lazy initialisation (allocators, oneDNN primitives, cuDNN tuning): not timed.
+WARMUP_S = 0.2
+MIN_WARMUP_CALLS = 5
 MIN_ROUNDS, MAX_ROUNDS = 10, 20_000
-NOISY_SPREAD = 0.10  # IQR / median above this marks a row as noisy
 
 
 def percentile_stats(samples: Sequence[float], batch: int) -> dict:
@@ -41,31 +39,29 @@ def percentile_stats(samples: Sequence[float], batch: int) -> dict:
     }
 
 
-def warm_up(fn: Callable[[], object], seconds: float = WARMUP_S, min_calls: int = MIN_WARMUP_CALLS) -> float:
-    """Call fn until `seconds` have passed and at least `min_calls` were made; returns the median time of the
-    second half of the calls (an estimate of one warm call)."""
+def warm_up(fn: Callable[[], object]) -> float:
+    """Call fn for WARMUP_S seconds and at least MIN_WARMUP_CALLS times; returns the median time of the second
+    half of the calls (an estimate of one warm call)."""
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < seconds:
+    while len(times) < MIN_WARMUP_CALLS or time.perf_counter() - start < WARMUP_S:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times[len(times) // 2 :]))
 
 
-def rounds_for(
-    per_call_s: float, budget_s: float, min_rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS
-) -> int:
-    """How many single-call rounds fit in `budget_s`, clamped to [min_rounds, max_rounds]."""
-    wanted = int(budget_s / per_call_s) if per_call_s > 0 else max_rounds
-    return max(min_rounds, min(max_rounds, wanted))
+def rounds_for(per_call_s: float, budget_s: float, min_rounds: int = MIN_ROUNDS) -> int:
+    """How many single-call rounds fit in `budget_s`, clamped to [min_rounds, MAX_ROUNDS]."""
+    wanted = int(budget_s / per_call_s) if per_call_s > 0 else MAX_ROUNDS
+    return max(min_rounds, min(MAX_ROUNDS, wanted))
 
 
 def measure(
     benchmark, fn: Callable[[], object], *, batch: int, budget_s: float, min_rounds: int = MIN_ROUNDS
 ) -> dict:
     """Warm up, then time `fn` with benchmark.pedantic (one call per round); returns percentile_stats plus the
-    warm-up record. The samples stay in pytest-benchmark's stats, so --benchmark-json carries them too."""
+    time budget. The samples stay in pytest-benchmark's stats, so --benchmark-json carries them too."""
     estimate = warm_up(fn)
     rounds = rounds_for(estimate, budget_s, min_rounds)
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)

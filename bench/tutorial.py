@@ -2,16 +2,15 @@
 
     python -m bench.tutorial --batches 200     # measure its training throughput on this machine
 
-What it reproduces: torchvision's MNIST dataset with per-sample PIL -> ToTensor -> Normalize transforms, fed by a
-DataLoader with 4 worker processes and batch 32, into SGD lr 0.1. What it does not copy: the tutorial's Softmax
-before CrossEntropyLoss (we train on logits here too, so the comparison is of the pipeline alone) and its
-"testing accuracy" measured on the training set.
+What it reproduces: torchvision's MNIST dataset with per-sample PIL -> ToTensor -> Normalize transforms, fed
+by a DataLoader with 4 worker processes and batch 32, into SGD lr 0.1. What it does not copy: the tutorial's
+Softmax before CrossEntropyLoss (we train on logits here too, so the comparison is of the pipeline alone) and
+its "testing accuracy" measured on the training set.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -23,9 +22,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mnist_zoo.data import MEAN, SPLITS, STD, fetch
-from mnist_zoo.models import get_model
+from mnist_zoo.models import get_model, list_models
+from mnist_zoo.util import guarded, out
 
 BATCH_SIZE, WORKERS, LR = 32, 4, 0.1
+WARMUP = 20  # steps not timed: worker start-up and the first batches' prefetch are not the steady rate
 
 
 def _torchvision_root(data_dir: str | None) -> Path:
@@ -48,11 +49,13 @@ def tutorial_loader(data_dir: str | None = None, seed: int = 0) -> DataLoader:
 
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
     dataset = datasets.MNIST(_torchvision_root(data_dir), train=True, download=False, transform=transform)
-    return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=WORKERS,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=False)  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=WORKERS, generator=generator)
 
 
-def stepper(model_name: str = "lenet", data_dir: str | None = None, seed: int = 0) -> tuple[Callable[[], int], Callable[[], None]]:  # fmt: skip
+def stepper(
+    model_name: str = "lenet", data_dir: str | None = None, seed: int = 0
+) -> tuple[Callable[[], int], Callable[[], None]]:
     """(step, close): step() trains one batch through the tutorial pipeline (waiting on the workers included)
     and returns its size; close() stops the workers. For timing step by step (the benchmark's raw samples)."""
     torch.manual_seed(seed)
@@ -77,36 +80,36 @@ def stepper(model_name: str = "lenet", data_dir: str | None = None, seed: int = 
     return step, close
 
 
-def measure(model_name: str = "lenet", batches: int = 200, warmup: int = 20, data_dir: str | None = None,
-            seed: int = 0) -> dict:  # fmt: skip
-    """Train `batches` steps through the tutorial pipeline after `warmup` steps; the rate covers the pipeline
+def measure(model_name: str = "lenet", batches: int = 200, data_dir: str | None = None) -> dict:
+    """Train `batches` steps through the tutorial pipeline after WARMUP steps; the rate covers the pipeline
     end to end (workers decoding PIL images included), which is what a tutorial user waits for."""
-    step, close = stepper(model_name, data_dir, seed)
+    step, close = stepper(model_name, data_dir)
     try:
-        for _ in range(warmup):
+        for _ in range(WARMUP):
             step()
         t0 = time.perf_counter()
         images = sum(step() for _ in range(batches))
         seconds = time.perf_counter() - t0
     finally:
         close()
-    return {"model": model_name, "images": images, "seconds": seconds,
-            "images_per_second": images / seconds, "batch_size": BATCH_SIZE,
-            "workers": WORKERS, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}  # fmt: skip
+    return {"model": model_name, "images": images, "seconds": seconds, "images_per_second": images / seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.tutorial", description=__doc__.split("\n\n")[0],
-                                epilog="example: python -m bench.tutorial --model lenet --batches 200")  # fmt: skip
-    p.add_argument("--model", default="lenet")
+    description = __doc__.split("\n\n")[0]
+    example = "example: python -m bench.tutorial --model lenet --batches 200"
+    p = argparse.ArgumentParser(prog="python -m bench.tutorial", description=description, epilog=example)
+    p.add_argument("--model", default="lenet", choices=list_models())
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
-    r = measure(args.model, args.batches, data_dir=args.data_dir)
-    print(f"tutorial pipeline, {r['model']}: {r['images_per_second']:.0f} images/s "
-          f"({r['images']} images in {r['seconds']:.1f} s, {r['workers']} workers, {r['threads']} threads)")  # fmt: skip
+    r = measure(args.model, args.batches, args.data_dir)
+    threads = torch.get_num_threads()
+    rate = f"tutorial pipeline, {r['model']}: {r['images_per_second']:.0f} images/s"
+    how = f"{r['images']} images in {r['seconds']:.1f} s, {WORKERS} workers, {threads} threads"
+    out.print(f"{rate} ({how})", soft_wrap=True)  # one line, however narrow the terminal
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -8,45 +8,80 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from bench import check, machine, report, results, runtimes, timing
+from bench import check, machine, report, runtimes, timing
 from bench.__main__ import main as bench_main
 from mnist_zoo.models import get_model
+from mnist_zoo.targets import (
+    BENCH_AGREEMENT_FLOOR,
+    CHECK_TRAINING_TOLERANCE,
+    TUTORIAL_IMAGES,
+    accuracy_floor,
+    precision,
+)
 from mnist_zoo.util import UserError
 
 CPUINFO = "model name\t: Test CPU\ncpu MHz\t\t: 2500.000\nflags\t\t: fpu sse2 avx fma avx2\n"
 
 
+def row(kind, fullname, **fields):
+    return {"format": report.FORMAT, "kind": kind, "device": "cpu", "fullname": fullname, **fields}
+
+
 def inference(model, runtime, batch, p50, threads=2, iqr=0.02):
-    return {"format": results.FORMAT, "kind": "inference", "model": model, "runtime": runtime, "device": "cpu",
-            "batch": batch, "threads": threads, "p50_s": p50, "min_s": p50 * 0.9, "p90_s": p50 * 1.1, "p99_s": p50 * 1.5,
-            "iqr_over_median": iqr, "images_per_second": batch / p50, "macs": 497_000, "cores": 2,
-            "fullname": f"bench/test_inference.py::test_latency[{model}-{runtime}-b{batch}-cpu-{threads}t]"}  # fmt: skip
+    fullname = f"bench/test_inference.py::test_latency[{model}-{runtime}-b{batch}-cpu-{threads}t]"
+    percentiles = {"p50_s": p50, "min_s": p50 * 0.9, "p90_s": p50 * 1.1, "p99_s": p50 * 1.5}
+    return row(
+        "inference",
+        fullname,
+        model=model,
+        runtime=runtime,
+        batch=batch,
+        threads=threads,
+        **percentiles,
+        iqr_over_median=iqr,
+        images_per_second=batch / p50,
+        macs=497_000,
+        cores=2,
+    )
 
 
 def accuracy(model, runtime, acc, agreement=1.0, diff=1e-6):
-    return {"format": results.FORMAT, "kind": "accuracy", "model": model, "runtime": runtime, "device": "cpu",
-            "threads": 2, "accuracy": acc, "floor": results.accuracy_floor(model, runtime), "agreement": agreement,
-            "agreement_floor": results.AGREEMENT_FLOOR[results.precision(runtime)], "max_abs_logit_diff": diff,
-            "fullname": f"bench/test_accuracy.py::test_accuracy[{model}-{runtime}-cpu]"}  # fmt: skip
+    return row(
+        "accuracy",
+        f"bench/test_accuracy.py::test_accuracy[{model}-{runtime}-cpu]",
+        model=model,
+        runtime=runtime,
+        threads=2,
+        accuracy=acc,
+        floor=accuracy_floor(model, runtime),
+        agreement=agreement,
+        agreement_floor=BENCH_AGREEMENT_FLOOR[precision(runtime)],
+        max_abs_logit_diff=diff,
+    )
 
 
 def training(tutorial_ips=1000.0, zoo_ips=8000.0, to_984=10.0, reached=True):
-    base = {"format": results.FORMAT, "model": "lenet", "device": "cpu", "threads": 2}
-    return [
-        {**base, "kind": "epoch", "images_per_second": zoo_ips, "epoch_seconds": 60_000 / zoo_ips,
-         "fullname": "bench/test_training.py::test_epoch[lenet-cpu]"},
-        {**base, "kind": "time-to-accuracy", "target": 0.99, "reached": reached, "seconds_to_target": 25.0,
-         "seconds_to_tutorial_accuracy": to_984, "curve": [[to_984, 0.985], [25.0, 0.99]],
-         "fullname": "bench/test_training.py::test_time_to_accuracy[lenet-cpu]"},
-        {**base, "kind": "tutorial", "images_per_second": tutorial_ips,
-         "five_epochs_seconds_derived": results.TUTORIAL_IMAGES / tutorial_ips,
-         "fullname": "bench/test_training.py::test_tutorial_pipeline[lenet]"},
-    ]  # fmt: skip
+    lenet = {"model": "lenet", "threads": 2}
+    epoch = row("epoch", "bench/test_training.py::test_epoch[lenet-cpu]", **lenet, images_per_second=zoo_ips)
+    epoch["epoch_seconds"] = 60_000 / zoo_ips
+    tta = row("time-to-accuracy", "bench/test_training.py::test_time_to_accuracy[lenet-cpu]", **lenet)
+    tta.update(target=0.99, reached=reached, seconds_to_target=25.0, seconds_to_tutorial_accuracy=to_984)
+    tta["curve"] = [[to_984, 0.985], [25.0, 0.99]]
+    tutorial = row("tutorial", "bench/test_training.py::test_tutorial_pipeline[lenet]", **lenet)
+    tutorial.update(
+        images_per_second=tutorial_ips, five_epochs_seconds_derived=TUTORIAL_IMAGES / tutorial_ips
+    )
+    return [epoch, tta, tutorial]
 
 
 def run_rows(speedup=7.0, lenet_acc=0.991, int8_agreement=0.998, **train):
@@ -62,9 +97,17 @@ def run_rows(speedup=7.0, lenet_acc=0.991, int8_agreement=0.998, **train):
 
 
 def doc_of(rows, quick=True):
-    return {"machine_info": {"mnist_zoo": {"cpu": "Test CPU", "cores": 2, "threads": [2], "quick": quick,
-            "versions": {"torch": "x"}, "peak": machine.peak_flops(2, CPUINFO)}},
-            "benchmarks": [{"fullname": r["fullname"], "extra_info": r} for r in rows]}  # fmt: skip
+    peak = machine.peak_flops(2, CPUINFO)
+    ours = {
+        "cpu": "Test CPU",
+        "cores": 2,
+        "threads": [2],
+        "quick": quick,
+        "versions": {"torch": "x"},
+        "peak": peak,
+    }
+    benchmarks = [{"fullname": r["fullname"], "extra_info": r} for r in rows]
+    return {"machine_info": {"mnist_zoo": ours}, "benchmarks": benchmarks}
 
 
 def test_percentiles_of_raw_samples():
@@ -84,32 +127,32 @@ def test_rounds_fit_the_budget_within_bounds():
 
 
 def test_derive_fills_ratios_of_the_same_run():
-    rows = results.derive(run_rows(speedup=7.0, tutorial_ips=1000.0, zoo_ips=8000.0, to_984=10.0))
+    rows = report.derive(run_rows(speedup=7.0, tutorial_ips=1000.0, zoo_ips=8000.0, to_984=10.0))
     by = {(r["kind"], r.get("runtime")): r for r in rows}
     assert by["inference", "ort-fp32"]["speedup_vs_eager"] == pytest.approx(7.0)
     assert by["inference", "eager"]["speedup_vs_eager"] == pytest.approx(1.0)
     assert by["epoch", None]["vs_tutorial"] == pytest.approx(8.0)
     assert by["time-to-accuracy", None]["tutorial_accuracy_speedup"] == pytest.approx(300.0 / 10.0)
-    assert results.seconds_to([[1.0, 0.97], [2.0, 0.985], [3.0, 0.99]], 0.984) == 2.0
-    assert results.seconds_to([[1.0, 0.97]], 0.984) is None
+    assert report.seconds_to([[1.0, 0.97], [2.0, 0.985], [3.0, 0.99]], 0.984) == 2.0
+    assert report.seconds_to([[1.0, 0.97]], 0.984) is None
 
 
 def test_paired_rounds_give_the_training_ratio_when_present():
     rows = run_rows(tutorial_ips=1000.0, zoo_ips=8000.0)
     next(r for r in rows if r["kind"] == "tutorial")["vs_tutorial_paired"] = 6.5
-    epoch = next(r for r in results.derive(rows) if r["kind"] == "epoch")
+    epoch = next(r for r in report.derive(rows) if r["kind"] == "epoch")
     assert epoch["vs_tutorial"] == pytest.approx(6.5)  # not 8000 / 1000: those rows were timed apart
 
 
 def test_speedup_needs_eager_at_equal_threads():
-    rows = results.derive(
+    rows = report.derive(
         [inference("lenet", "eager", 1, 1e-3, threads=1), inference("lenet", "ort-fp32", 1, 1e-4)]
     )
     assert rows[1]["speedup_vs_eager"] is None  # 2-thread ORT is never compared with 1-thread eager
 
 
 def test_targets_report_met_and_missed():
-    found = {t["name"]: t for t in results.targets(results.derive(run_rows(speedup=3.0, zoo_ips=8000.0)))}
+    found = {t["name"]: t for t in report.targets(report.derive(run_rows(speedup=3.0, zoo_ips=8000.0)))}
     assert found["lenet training images/s vs tutorial pipeline"]["met"] is True
     b1 = found["lenet batch 1, fastest runtime vs eager, 2 thread(s)"]
     assert (b1["met"], b1["note"]) == (False, "ort-int8")  # int8 (3.5x) beats fp32 (3x), under 5x
@@ -120,20 +163,21 @@ def test_machine_peak_flops_from_cpuinfo():
     assert peak["flops"] == pytest.approx(2 * 2.5e9 * 32)
     assert "FMA" in peak["how"]
     assert machine.peak_flops(2, "")["flops"] is None
-    assert results.ceiling_images_per_second(500_000, 1e11, threads=1, cores=2) == pytest.approx(5e10 / 1e6)
+    assert report.ceiling_per_core(500_000, 1e11, cores=2) == pytest.approx(5e10 / 1e6)
+    assert report.ceiling_per_core(500_000, None, cores=2) is None
 
 
 def test_load_rejects_foreign_files_with_one_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(UserError, match="not a readable JSON"):
-        results.load(bad)
+        report.load(bad)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"benchmarks": [{"extra_info": {}}]}))
     with pytest.raises(UserError, match="no mnist-zoo benchmark rows"):
-        results.load(other)
+        report.load(other)
     with pytest.raises(UserError, match="no such file"):
-        results.load(tmp_path / "missing.json")
+        report.load(tmp_path / "missing.json")
 
 
 def test_report_renders_every_table(tmp_path):
@@ -150,8 +194,8 @@ def test_report_renders_every_table(tmp_path):
 def test_check_passes_a_run_like_its_baseline():
     fresh = check.metrics(run_rows())
     baseline = check.make_baseline(fresh, {"threads": [2]})
-    assert set(baseline["ratios"]) == {"speedup/lenet/ort-fp32/b1", "speedup/lenet/ort-int8/b1",
-                                       "train-vs-tutorial/lenet", "tutorial-accuracy-speedup/lenet"}  # fmt: skip
+    ratios = {"speedup/lenet/ort-fp32/b1", "speedup/lenet/ort-int8/b1", "train-vs-tutorial/lenet"}
+    assert set(baseline["ratios"]) == ratios | {"tutorial-accuracy-speedup/lenet"}
     assert "accuracy/lenet/ort-int8" in baseline["required"]
     assert all(c.ok for c in check.compare(baseline, fresh))
 
@@ -264,11 +308,10 @@ def test_runtimes_agree_and_absent_ones_say_why(tmp_path):
     reference = runtimes.build("eager", model, cpu, 1, exports, "lenet").logits(x)
     for runtime in ("torchscript", "ort-fp32"):
         p = runtimes.build(runtime, model, cpu, 1, exports, "lenet")
-        assert p.threads == 1
+        assert torch.get_num_threads() == 1 and p.info.get("intra_op_num_threads", 1) == 1
         torch.testing.assert_close(p.logits(x), reference, atol=1e-4, rtol=1e-4)
-    assert exports.path("lenet", model, "onnx") == exports.path(
-        "lenet", copy.deepcopy(model), "onnx"
-    )  # reused
+    onnx = exports.path("lenet", model, "onnx")
+    assert exports.path("lenet", copy.deepcopy(model), "onnx") == onnx  # reused
     if not torch.cuda.is_available():
         assert runtimes.unavailable("eager", torch.device("cuda")) == "torch sees no CUDA device"
     with pytest.raises(ValueError, match="unknown runtime"):
@@ -278,17 +321,22 @@ def test_runtimes_agree_and_absent_ones_say_why(tmp_path):
 def test_training_ratios_get_their_own_tolerance():
     baseline = check.make_baseline(check.metrics(run_rows(zoo_ips=8000.0, speedup=7.0)), {})
     assert baseline["tolerances"] == {
-        "train-vs-tutorial/lenet": check.TRAINING_TOLERANCE,
-        "tutorial-accuracy-speedup/lenet": check.TRAINING_TOLERANCE,
+        "train-vs-tutorial/lenet": CHECK_TRAINING_TOLERANCE,
+        "tutorial-accuracy-speedup/lenet": CHECK_TRAINING_TOLERANCE,
     }
-    failed = {
-        c.name
-        for c in check.compare(baseline, check.metrics(run_rows(zoo_ips=4400.0, speedup=3.9)))
-        if not c.ok
-    }
-    assert failed == {
-        "speedup/lenet/ort-fp32/b1"
-    }  # -45% fails a speed-up (40%), not the training ratio (50%)
+    checks = check.compare(baseline, check.metrics(run_rows(zoo_ips=4400.0, speedup=3.9)))
+    # -45% fails a speed-up (40%), not the training ratio (50%)
+    assert {c.name for c in checks if not c.ok} == {"speedup/lenet/ort-fp32/b1"}
     checks = check.compare(baseline, check.metrics(run_rows(zoo_ips=4400.0)), tolerance=0.3)
     failed = {c.name for c in checks if not c.ok}
     assert "train-vs-tutorial/lenet" in failed  # --tolerance overrides every ratio's
+
+
+def test_plain_pytest_says_the_benchmarks_were_not_run():
+    # Under the default --benchmark-skip, bench/conftest.py deselects the benchmarks; the summary says so.
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "pytest", "bench/test_training.py", "--co", "-q", "-p", "no:cacheprovider"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    line = "benchmarks not run: pytest --benchmark-only runs them"
+    assert re.search(rf"^\d+ {line}$", done.stdout, re.M), done.stdout
