@@ -2,7 +2,8 @@
 
 pytest --benchmark-only --benchmark-json run.json   # run the benchmarks (tables at the end)
 python -m bench report run.json                      # the same tables from the saved file
-python -m bench check                                # quick run vs bench/baseline.json; exit 1 on regression
+python -m bench check                                # quick run vs bench/baseline.json; exit 1 on regression,
+                                                     # 75 when the machine was too busy to measure ratios
 python -m bench check --update-baseline              # after an intended change: rewrite the baseline
 """
 
@@ -48,9 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     default = "(default: the baseline's; with --update-baseline: all cores)"
     p.add_argument("--threads", type=int, help=f"threads per runtime in the quick run {default}")
     p.add_argument("--train-threads", type=int, help=f"threads for the training rows {default}")
-    p.add_argument(
-        "--attempts", type=int, default=2, help="measure failing ratios up to this many times (default 2)"
-    )
+    pause = f"seconds a contended run waits for the machine to quieten (default: {check.PAUSE_S})"
+    p.add_argument("--pause", type=float, default=check.PAUSE_S, help=pause)
     p.add_argument("--keep", help="also keep the quick run's JSON at this path")
     p.add_argument("--all", action="store_true", help="list passing floors in the table too")
     p.add_argument("--update-baseline", action="store_true", help="write the baseline from this run instead")

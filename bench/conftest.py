@@ -1,11 +1,13 @@
 """The benchmark session: options, shared fixtures, derived figures and the summary tables.
 
-    pytest --benchmark-only                                   # everything, all cores (from the repo root)
+    pytest --benchmark-only                                   # everything (from the repo root)
     pytest --benchmark-only --bench-threads 1,2 -k inference  # does 1 thread beat 2?
     pytest --benchmark-only --bench-quick --benchmark-json out.json   # the CI subset (python -m bench check)
     python -m bench report out.json                           # the same tables from a saved file
 
-Full runs use the trained checkpoints (mnist_zoo.train.ensure_trained trains a missing one with the default
+Threads: every runtime gets the same count, by default every CPU that other processes leave idle (on a busy
+machine fewer, said in the header), because a thread team on a core another process is using waits at every
+operator. Full runs use the trained checkpoints (mnist_zoo.train.ensure_trained trains a missing one with the default
 recipe first). Quick runs (--bench-quick) use the models the training group trains in the same run until they
 reach their target accuracy, so CI never depends on a cached checkpoint and pays for training once.
 """
@@ -20,13 +22,14 @@ import torch
 
 from bench import machine, report
 from bench.runtimes import Exports
-from mnist_zoo import data
+from mnist_zoo import cpu, data
 from mnist_zoo.models import get_model
 from mnist_zoo.targets import TARGET_ACCURACY
 from mnist_zoo.util import UserError, cpu_name, device_name
 
 QUICK_BUDGET_S = 0.3  # seconds of timed calls per latency row in --bench-quick (full: --benchmark-max-time)
 SEED = 0
+DEFAULT_COLUMNS = ["min", "max", "mean", "stddev", "median", "iqr", "outliers", "ops", "rounds", "iterations"]
 # Evaluations per epoch in time-to-accuracy runs: the resolution of the time, against the cost of evaluating.
 EVALS_PER_EPOCH = {"mlp": 10, "dnn": 5, "lenet": 5}
 
@@ -39,6 +42,8 @@ class Options:
     quick: bool
     budget_s: float  # timed seconds per latency row
     min_rounds: int
+    busy: dict  # the machine when the session started: cpu.Contention.record() of a short sample
+    note: str  # why the default threads are fewer than the CPUs, or ""
 
 
 OPTIONS = pytest.StashKey[Options]()
@@ -50,13 +55,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--bench-threads",
         metavar="N[,M...]",
-        help="threads for every runtime (torch and ORT intra-op); a list runs each (default: all cores)",
+        help="threads for every runtime (torch and ORT intra-op); a list runs each (default: the idle CPUs)",
     )
     group.addoption(
         "--bench-train-threads",
         type=int,
         metavar="N",
-        help="torch threads for the training rows, zoo and tutorial alike (default: all cores)",
+        help="torch threads for the training rows, zoo and tutorial alike (default: the idle CPUs)",
     )
     group.addoption(
         "--bench-device",
@@ -71,9 +76,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _threads(value: str | None) -> tuple[int, ...]:
-    if value in (None, "", "all"):
-        return (machine.cores(),)
+def _threads(value: str | None, idle: int) -> tuple[int, ...]:
+    if value in (None, ""):
+        return (idle,)
+    if value == "all":
+        return (len(cpu.affinity()),)
     try:
         threads = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
     except ValueError:
@@ -83,6 +90,7 @@ def _threads(value: str | None) -> tuple[int, ...]:
     return threads
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its own options
 def pytest_configure(config: pytest.Config) -> None:
     # Read the options now: a bad --bench-* value is a one-line usage error, not a traceback in collection.
     quick = config.getoption("--bench-quick")
@@ -90,14 +98,31 @@ def pytest_configure(config: pytest.Config) -> None:
     train_threads = config.getoption("--bench-train-threads")
     if train_threads is not None and train_threads < 1:
         raise pytest.UsageError(f"--bench-train-threads must be at least 1, got {train_threads}")
+    busy = cpu.sample()
+    idle = cpu.default_threads(busy, quiet=True)
+    most = max(1, min(cpu.TORCH_DEFAULT_THREADS, int(cpu.available())))
     config.stash[OPTIONS] = Options(
-        threads=_threads(config.getoption("--bench-threads")),
-        train_threads=train_threads or machine.cores(),
+        threads=_threads(config.getoption("--bench-threads"), idle),
+        train_threads=train_threads or idle,
         devices=("cpu", "cuda") if device == "auto" else (device,),
         quick=quick,
         budget_s=QUICK_BUDGET_S if quick else float(config.getoption("benchmark_max_time")),
         min_rounds=int(config.getoption("benchmark_min_rounds")),
+        busy=busy.record(),
+        note=cpu.lowered(idle, most, busy) if idle < most else "",
     )
+    # pytest-benchmark's own table has ten columns of seconds for every row (230 characters wide): keep the
+    # ones that matter beside our summary, unless asked for others.
+    if config.getoption("benchmark_columns") == DEFAULT_COLUMNS:
+        config.option.benchmark_columns = ["median", "iqr", "ops", "rounds"]
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    opts = config.stash[OPTIONS]
+    share = opts.busy["contention"]
+    busy = f"other processes used {share:.0%} of the CPUs' time at start" if share is not None else ""
+    threads = f"mnist-zoo benchmarks: threads {', '.join(map(str, opts.threads))}; {busy}"
+    return [threads] + ([f"mnist-zoo: {opts.note}"] if opts.note else [])
 
 
 @pytest.hookimpl(trylast=True)
@@ -244,7 +269,7 @@ def new_row(benchmark, bench_options: Options):
     def make(kind: str, **fields) -> dict:
         info = benchmark.extra_info
         info.update(format=report.FORMAT, kind=kind, quick=bench_options.quick, seed=SEED, cpu=cpu_name())
-        info.update(cores=machine.cores(), versions=machine.versions(), peak=machine.peak_flops())
+        info.update(cores=len(cpu.affinity()), versions=machine.versions())
         info.update(fields)
         if str(fields.get("device", "cpu")).startswith("cuda"):
             info["device_name"] = device_name(fields["device"])
@@ -269,13 +294,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus):
 
 def _machine(config: pytest.Config) -> dict:
     opts = config.stash[OPTIONS]
-    return machine.describe(list(opts.threads), opts.train_threads, opts.quick)
+    return machine.describe(list(opts.threads), opts.train_threads, opts.quick, opts.busy)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     machine_info["mnist_zoo"] = _machine(config)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table: the summary is the last thing shown
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     if config.stash.get(NOT_RUN, 0):
         n = config.stash[NOT_RUN]

@@ -9,11 +9,12 @@ check reads the same rows).
     >>> rows = derive(rows_of(doc))         # our rows, with speed-ups and training ratios filled in
 
 A row is the `extra_info` of one benchmark (kind: inference, accuracy, epoch, time-to-accuracy, tutorial).
-Derived figures are ratios of rows measured in the same run on the same machine: speed-up vs eager at equal
-model, device, batch and threads; zoo training vs the tutorial pipeline for the same model. In the inference
-tables the fastest runtime of each batch and thread count is starred, and a row whose spread (IQR / median) is
-over NOISY_SPREAD is marked "noisy": its figures moved while it was measured, so re-run it before trusting a
-difference.
+Derived figures are ratios of rows measured in the same run on the same machine: speed-up vs PyTorch eager at
+its fastest thread count; zoo training vs the tutorial pipeline for the same model. In the tables the fastest
+runtime of each batch and thread count is starred; a row whose spread (IQR / median) is over NOISY_SPREAD is
+marked "noisy" (its figures moved while it was measured), and a row during which other processes used more
+than CONTENDED of the CPUs' time is marked "contended" (its times are the machine's load, not its speed). No
+target is called met from a contended row, nor from a ratio whose reference row is contended or collapsed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from rich.table import Table
 
 from bench.runtimes import LABELS, RUNTIMES
 from mnist_zoo.targets import (
+    COLLAPSED,
+    CONTENDED,
     NOISY_SPREAD,
     TARGET_ACCURACY,
     TARGET_EPOCH_SECONDS,
@@ -92,27 +95,53 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def contended(row: dict) -> bool:
+    return (row.get("contention") or 0.0) > CONTENDED
+
+
+def eager_reference(rows: list[dict], row: dict) -> dict:
+    """PyTorch eager's row for `row`'s model, device and batch at eager's fastest thread count ({} if none)."""
+    same = {k: row[k] for k in ("model", "device", "batch")}
+    return min(
+        matching(rows, kind="inference", runtime="eager", **same), key=lambda r: r["p50_s"], default={}
+    )
+
+
+def collapsed(rows: list[dict], model: str, device: str, batch: int) -> str | None:
+    """Why eager's figures for this model, device and batch are a collapse, not a speed (None if they are not):
+    at more threads many times slower than at fewer, its thread team waited on cores other processes took."""
+    eager = matching(rows, kind="inference", runtime="eager", model=model, device=device, batch=batch)
+    if len(eager) < 2:
+        return None
+    fast, slow = min(eager, key=lambda r: r["p50_s"]), max(eager, key=lambda r: r["threads"])
+    times = slow["p50_s"] / fast["p50_s"]
+    if slow is fast or times < COLLAPSED:
+        return None
+    return (
+        f"PyTorch eager collapsed: {model} batch {batch} at {slow['threads']} threads ran {times:.0f}x slower "
+        f"than at {fast['threads']} (other processes took cores its thread team waits for)"
+    )
+
+
 def derive(rows: list[dict]) -> list[dict]:
     """Fill in the ratios between rows of the same run (idempotent); returns `rows`."""
     for r in rows:
         kind = r.get("kind")
+        tutorial = first(rows, kind="tutorial", model=r.get("model"))
         if kind == "inference":
-            same = {k: r[k] for k in ("model", "device", "batch", "threads")}
-            eager = first(rows, kind="inference", runtime="eager", **same)
+            eager = eager_reference(rows, r)
             r["speedup_vs_eager"] = ratio(eager.get("p50_s"), r["p50_s"])
-            # The same ratio of the fastest calls: on a loaded machine the medians move with the load, while
-            # the best call of each is the uncontended speed, so this is the figure the regression check uses.
-            r["speedup_vs_eager_best"] = ratio(eager.get("min_s"), r.get("min_s"))
+            r["eager_threads"] = eager.get("threads")
         elif kind == "epoch":
-            tutorial = first(rows, kind="tutorial", model=r["model"])
-            # Prefer the median of adjacent zoo/tutorial pairs (bench/test_training.py): both sides of each of
-            # those ratios are timed seconds apart, where this row and the tutorial row may be minutes apart.
-            by_rows = ratio(r["images_per_second"], tutorial.get("images_per_second"))
-            r["vs_tutorial"] = tutorial.get("vs_tutorial_paired") or by_rows
+            # The median of adjacent zoo/tutorial pairs (bench/test_training.py): both sides of each of those
+            # ratios are timed seconds apart, where this row and the tutorial row may be minutes apart.
+            r["vs_tutorial"] = tutorial.get("vs_tutorial_paired")
         elif kind == "time-to-accuracy":
-            tutorial = first(rows, kind="tutorial", model=r["model"])
-            five_epochs = tutorial.get("five_epochs_seconds_derived")
-            r["tutorial_accuracy_speedup"] = ratio(five_epochs, r.get("seconds_to_tutorial_accuracy"))
+            # The tutorial's 5 epochs over the zoo's images to the same accuracy, at the paired speed ratio:
+            # images are the recipe's (the same on any machine), and the ratio of speeds is interleaved.
+            images = ratio(TUTORIAL_IMAGES, r.get("images_to_tutorial_accuracy"))
+            paired = tutorial.get("vs_tutorial_paired")
+            r["tutorial_accuracy_speedup"] = images * paired if images and paired else None
     return rows
 
 
@@ -122,47 +151,59 @@ def seconds_to(curve: list[list[float]], accuracy: float) -> float | None:
 
 
 def targets(rows: list[dict]) -> list[dict]:
-    """The issues' speed targets, each {name, value, target, met, unit, note}; those this run measured."""
+    """The speed targets this run measured, each {name, value, target, met, unit, note}. `met` is None, and the
+    note says why, when a row it comes from was contended or its reference collapsed: not measured, not met."""
     found = []
 
-    def add(name: str, value: float | None, target: float, unit: str, note: str = "") -> None:
-        if value is not None:  # unit "x": a speed-up, to reach its target; "s": seconds, to stay under it
-            met = value >= target if unit == "x" else value <= target
-            found.append(dict(name=name, value=value, target=target, met=met, unit=unit, note=note))
+    def add(name: str, value: float | None, target: float, unit: str, note: str, *sources: dict) -> None:
+        if value is None:
+            return
+        met = (
+            value >= target if unit == "x" else value <= target
+        )  # "x": a speed-up; "s": seconds to stay under
+        busy = [r for r in sources if contended(r)]
+        if busy:
+            met, note = (
+                None,
+                f"not measured: contended ({max(r['contention'] for r in busy):.0%} of the CPUs busy)",
+            )
+        found.append(dict(name=name, value=value, target=target, met=met, unit=unit, note=note))
 
-    epoch = first(rows, kind="epoch", model="lenet")
-    tta = first(rows, kind="time-to-accuracy", model="lenet")
-    add("lenet training images/s vs tutorial pipeline", epoch.get("vs_tutorial"), TARGET_TRAIN_SPEEDUP, "x")
-    to_target = f"lenet training seconds to {TARGET_ACCURACY['lenet']:.0%} test accuracy"
-    add(to_target, tta.get("seconds_to_target"), TARGET_TTA_SECONDS, "s")
+    epoch, tta = first(rows, kind="epoch", model="lenet"), first(rows, kind="time-to-accuracy", model="lenet")
+    tutorial = first(rows, kind="tutorial", model="lenet")
+    pair = "zoo and tutorial timed in adjacent pairs"
     add(
-        f"lenet to the tutorial's {TUTORIAL_ACCURACY:.1%}, vs the tutorial's 5 epochs",
-        tta.get("tutorial_accuracy_speedup"),
-        TARGET_TUTORIAL_ACCURACY_SPEEDUP,
+        "lenet training images/s vs tutorial pipeline",
+        epoch.get("vs_tutorial"),
+        TARGET_TRAIN_SPEEDUP,
         "x",
-        f"tutorial time derived: its measured images/s x {TUTORIAL_IMAGES:,} images",
+        pair,
+        tutorial,
     )
+    to_target = f"lenet training seconds to {TARGET_ACCURACY['lenet']:.0%} test accuracy"
+    add(to_target, tta.get("seconds_to_target"), TARGET_TTA_SECONDS, "s", "", tta)
+    derived = f"tutorial time derived: {TUTORIAL_IMAGES:,} images at the paired speed ratio"
+    name = f"lenet to the tutorial's {TUTORIAL_ACCURACY:.1%}, vs the tutorial's 5 epochs"
+    add(name, tta.get("tutorial_accuracy_speedup"), TARGET_TUTORIAL_ACCURACY_SPEEDUP, "x", derived, tutorial)
     for model in ("mlp", "dnn"):
-        epoch_seconds = first(rows, kind="epoch", model=model).get("epoch_seconds")
-        add(f"{model} seconds per epoch (about 1 s)", epoch_seconds, TARGET_EPOCH_SECONDS, "s")
-    lenet_b1 = matching(rows, kind="inference", model="lenet", batch=1, device="cpu")
-    measured = [r for r in lenet_b1 if r.get("speedup_vs_eager")]
+        e = first(rows, kind="epoch", model=model)
+        add(
+            f"{model} seconds per epoch (about 1 s)", e.get("epoch_seconds"), TARGET_EPOCH_SECONDS, "s", "", e
+        )
+    measured = [
+        r
+        for r in matching(rows, kind="inference", model="lenet", batch=1, device="cpu")
+        if r.get("speedup_vs_eager")
+    ]
     for threads in sorted({r["threads"] for r in measured}):
         best = max(matching(measured, threads=threads), key=lambda r: r["speedup_vs_eager"])
-        name = f"lenet batch 1, fastest runtime vs eager, {threads} thread(s)"
-        add(name, best["speedup_vs_eager"], TARGET_RUNTIME_SPEEDUP, "x", best["runtime"])
+        eager = eager_reference(rows, best)
+        name = f"lenet batch 1, fastest runtime at {threads} thread(s) vs eager"
+        note = f"{best['runtime']} vs eager at {eager['threads']} thread(s)"
+        add(name, best["speedup_vs_eager"], TARGET_RUNTIME_SPEEDUP, "x", note, best, eager)
+        if found and found[-1]["met"] and (why := collapsed(rows, "lenet", "cpu", 1)):
+            found[-1].update(met=None, note=why)
     return found
-
-
-# The ceiling earns its column: every other figure here is relative (to eager, to the tutorial); only this
-# one says how far a runtime still is from what the hardware allows. It costs a few lines, as
-# bench/machine.py records the peak FLOP/s in every row anyway.
-def ceiling_per_core(macs: int | None, peak_flops: float | None, cores: int) -> float | None:
-    """Images/s no implementation beats on one core: its share of the peak FLOP/s over 2 FLOP per
-    multiply-add per image."""
-    if not macs or not peak_flops:
-        return None
-    return peak_flops / cores / (2 * macs)
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -187,23 +228,34 @@ def fmt_num(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def header(machine: dict) -> str:
+def header(machine: dict, rows: list[dict]) -> str:
     v = machine.get("versions") or {}
-    peak = machine.get("peak") or {}
     threads = ", ".join(str(t) for t in machine.get("threads") or []) or "?"
     quick = "   [yellow](quick mode)[/]" if machine.get("quick") else ""
     providers = ", ".join(machine.get("ort_providers") or []) or "-"
-    lines = [
-        f"[bold]CPU[/] {machine.get('cpu')}, {machine.get('cores')} cores; threads per runtime: {threads}; "
-        f"training threads: {machine.get('train_threads') or '?'}{quick}",
-        f"[bold]GPU[/] {machine.get('cuda') or 'none (CUDA rows skipped)'}; "
-        f"onnxruntime providers: {providers}",
-        f"[bold]versions[/] torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, "
-        f"onnx {v.get('onnx')}, python {v.get('python')}",
-    ]
-    if peak.get("flops"):
-        lines.append(f"[bold]peak[/] {peak['flops'] / 1e9:.0f} GFLOP/s FP32 ({peak['how']})")
-    return "\n".join(lines)
+    shares = [r["contention"] for r in rows if r.get("contention") is not None]
+    busy = [r for r in rows if contended(r)]
+    contention = (
+        f"contention: {min(shares):.0%}-{max(shares):.0%} of the CPUs' time used by other processes"
+        if shares
+        else "contention: not measured"
+    )
+    marked = (
+        f"[yellow]{len(busy)} row(s) contended[/] (over {CONTENDED:.0%}): no target is called met from them"
+        if busy
+        else f"no row over {CONTENDED:.0%}"
+    )
+    start = machine.get("busy_at_start")
+    at_start = f", {start:.0%} at start" if start is not None else ""
+    return "\n".join(
+        [
+            f"[bold]CPU[/] {machine.get('cpu')}, {machine.get('cpus_available') or machine.get('cores')} CPUs available; "
+            f"threads per runtime: {threads}; training threads: {machine.get('train_threads') or '?'}{quick}",
+            f"[bold]load[/] {contention}{at_start}; {marked}",
+            f"[bold]GPU[/] {machine.get('cuda') or 'none (CUDA rows skipped)'}; onnxruntime providers: {providers}",
+            f"[bold]versions[/] torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, onnx {v.get('onnx')}, python {v.get('python')}",
+        ]
+    )
 
 
 def accuracy_table(rows: list[dict]) -> Table | None:
@@ -231,6 +283,12 @@ def accuracy_table(rows: list[dict]) -> Table | None:
     return t
 
 
+def flags(row: dict) -> str:
+    """' contended 63%' and ' noisy' markers of a row, for the tables."""
+    busy = f" [yellow]contended {row['contention']:.0%}[/]" if contended(row) else ""
+    return busy + (" [yellow]noisy[/]" if row.get("iqr_over_median", 0) > NOISY_SPREAD else "")
+
+
 def training_table(rows: list[dict]) -> Table | None:
     train = [r for r in rows if r.get("kind") in ("epoch", "time-to-accuracy", "tutorial")]
     if not train:
@@ -247,32 +305,25 @@ def training_table(rows: list[dict]) -> Table | None:
         e = first(train, kind="epoch", model=model, device=device)
         a = first(train, kind="time-to-accuracy", model=model, device=device)
         if a.get("reached"):
-            to_target = fmt_time(a.get("seconds_to_target"))
+            to_target = fmt_time(a.get("seconds_to_target")) + flags(a)
         else:
             to_target = "[red]not reached[/]" if a else "-"
-        t.add_row(
-            model,
-            device,
-            fmt_time(e.get("epoch_seconds")),
-            fmt_num(e.get("images_per_second")),
-            fmt_x(e.get("vs_tutorial")),
-            to_target,
-            fmt_pct(a.get("target"), 1),
-            fmt_time(a.get("seconds_to_tutorial_accuracy")),
-            fmt_x(a.get("tutorial_accuracy_speedup")),
-        )
+        speed = (fmt_time(e.get("epoch_seconds")), fmt_num(e.get("images_per_second")) + flags(e))
+        tutorial = (fmt_x(e.get("vs_tutorial")), to_target, fmt_pct(a.get("target"), 1))
+        to_984 = (fmt_time(a.get("seconds_to_tutorial_accuracy")), fmt_x(a.get("tutorial_accuracy_speedup")))
+        t.add_row(model, device, *speed, *tutorial, *to_984)
     tutorials = matching(train, kind="tutorial")
     for r in tutorials:
         ips = r["images_per_second"]
         five_epochs = f"[dim]5 epochs: {fmt_time(r['five_epochs_seconds_derived'])} (derived)[/]"
         name = f"[dim]tutorial pipeline ({r['model']})[/]"
         per_epoch = fmt_time(60_000 / ips)
-        t.add_row(name, r["device"], per_epoch, fmt_num(ips), "1.00x", "-", "-", "-", five_epochs)
+        t.add_row(name, r["device"], per_epoch, fmt_num(ips) + flags(r), "1.00x", "-", "-", "-", five_epochs)
     if tutorials:
         t.caption = (
-            "tutorial: per-sample PIL transforms, 4-worker DataLoader, batch 32. Its 5-epoch time is derived "
-            f"as {TUTORIAL_IMAGES:,} images / its measured images/s, not run. Times to accuracy count "
-            "training only."
+            "tutorial: per-sample PIL transforms, 4-worker DataLoader, batch 32. vs tutorial: median of adjacent "
+            f"zoo/tutorial pairs. Its 5-epoch time is {TUTORIAL_IMAGES:,} images at its measured images/s, not "
+            "run. Times to accuracy count training only."
         )
     return t
 
@@ -281,41 +332,27 @@ def targets_table(rows: list[dict]) -> Table | None:
     found = targets(rows)
     if not found:
         return None
-    t = Table(title="Targets from the issues", title_justify="left")
+    t = Table(title="Targets", title_justify="left")
     for col in ("target", "measured", "needed", "met", "note"):
         t.add_column(col, justify="right" if col in ("measured", "needed") else "left")
     for g in found:
         speedup = g["unit"] == "x"
         value = fmt_x(g["value"]) if speedup else fmt_time(g["value"])
         needed = f"≥ {g['target']:g}x" if speedup else f"≤ {g['target']:g} s"
-        t.add_row(g["name"], value, needed, "[green]yes[/]" if g["met"] else "[red]no[/]", g["note"])
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]not measured[/]"}[g["met"]]
+        t.add_row(g["name"], value, needed, met, g["note"])
     return t
 
 
-def inference_tables(rows: list[dict], machine: dict) -> list[Table]:
+def inference_tables(rows: list[dict]) -> list[Table]:
     inference = matching(rows, kind="inference")
-    peak = (machine.get("peak") or {}).get("flops")
-    cores = machine.get("cores") or 1
     tables = []
     for model, device in dict.fromkeys((r["model"], r["device"]) for r in inference):
         mine = matching(inference, model=model, device=device)
-        macs = mine[0].get("macs")
-        ceiling = ceiling_per_core(macs, peak, cores) if device == "cpu" else None
-        title = f"Inference: {model} on {device}"
-        if ceiling:
-            title += (
-                f" (ceiling {ceiling:,.0f} images/s per core = peak FLOP/s per core / "
-                f"(2 x {macs:,} multiply-adds per image))"
-            )
-        t = Table(title=title, title_justify="left")
+        t = Table(title=f"Inference: {model} on {device}", title_justify="left")
         for col in ("batch", "runtime", "threads", "p50", "p90", "p99", "images/s", "vs eager", "IQR/median"):
             t.add_column(col, justify="left" if col == "runtime" else "right")
-        if ceiling:
-            t.add_column("% of ceiling", justify="right")
-            t.caption = (
-                "% of ceiling: FP32 rows only. The ceiling uses the nominal clock; a CPU boosting above it "
-                "can pass 100%."
-            )
+        t.caption = "vs eager: p50 against PyTorch eager's at its fastest thread count (in brackets)"
         for batch in sorted({r["batch"] for r in mine}):
             t.add_section()
             group = matching(mine, batch=batch)
@@ -323,26 +360,26 @@ def inference_tables(rows: list[dict], machine: dict) -> list[Table]:
             threads = {r["threads"] for r in group}
             fastest = [min(matching(group, threads=th), key=lambda r: r["p50_s"]) for th in threads]
             for r in group:
-                noisy = " [yellow]noisy[/]" if r["iqr_over_median"] > NOISY_SPREAD else ""
+                vs_eager = fmt_x(r.get("speedup_vs_eager")) + (
+                    f" ({r['eager_threads']})" if r.get("eager_threads") else ""
+                )
                 cells = [
                     str(batch),
                     ("★ " if r in fastest else "  ") + LABELS[r["runtime"]],
                     str(r["threads"]),
                     *(fmt_time(r[p]) for p in ("p50_s", "p90_s", "p99_s")),
                     fmt_num(r["images_per_second"]),
-                    fmt_x(r.get("speedup_vs_eager")),
-                    f"{r['iqr_over_median']:.0%}{noisy}",
+                    vs_eager,
+                    f"{r['iqr_over_median']:.0%}{flags(r)}",
                 ]
-                if ceiling:  # int8 kernels do integer work, which the FP32 ceiling does not bound
-                    share = r["images_per_second"] / (ceiling * min(r["threads"], cores))
-                    cells.append("-" if precision(r["runtime"]) == "int8" else f"{share:.1%}")
                 t.add_row(*cells, style="bold green" if r in fastest else "")
         tables.append(t)
     return tables
 
 
 def threads_lines(rows: list[dict]) -> list[str]:
-    """Per runtime, lenet's batch-1 p50 at each thread count measured (answers: does 1 thread beat 2?)."""
+    """Per runtime, lenet's batch-1 p50 at each thread count measured (does 1 thread beat 2?), and every
+    collapse of PyTorch eager in words."""
     lines = []
     b1 = matching(rows, kind="inference", model="lenet", batch=1, device="cpu")
     for runtime in dict.fromkeys(r["runtime"] for r in b1):
@@ -351,6 +388,8 @@ def threads_lines(rows: list[dict]) -> list[str]:
             times = ", ".join(f"{th} thread(s) {fmt_time(s)}" for th, s in sorted(p50.items()))
             best = min(p50, key=p50.get)
             lines.append(f"lenet batch 1, {LABELS[runtime]}: p50 {times} -> fastest with {best}")
+    cases = dict.fromkeys((r["model"], r["device"], r["batch"]) for r in matching(rows, kind="inference"))
+    lines += [f"[yellow]{why}[/]" for case in cases if (why := collapsed(rows, *case))]
     return lines
 
 
@@ -360,10 +399,9 @@ def render(doc: dict, file: TextIO, width: int | None = None, color: bool = Fals
     width = width or (None if color else 140)
     console = Console(file=file, width=width, force_terminal=color, no_color=not color, highlight=False)
     rows = derive(rows_of(doc))
-    machine = machine_of(doc)
-    console.print(header(machine))
+    console.print(header(machine_of(doc), rows))
     summary = [accuracy_table(rows), training_table(rows), targets_table(rows)]
-    for table in [*summary, *inference_tables(rows, machine)]:
+    for table in [*summary, *inference_tables(rows)]:
         if table is not None:
             console.print(table)
     for line in threads_lines(rows):

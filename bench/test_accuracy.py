@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from bench.runtimes import RUNTIMES, Unavailable, build, unavailable
+from mnist_zoo.cpu import Contention
 from mnist_zoo.data import normalize
 from mnist_zoo.models import list_models
 from mnist_zoo.targets import BENCH_AGREEMENT_FLOOR, BENCH_LOGIT_ATOL, accuracy_floor, precision
@@ -76,7 +77,8 @@ def test_accuracy(
         pytest.skip(str(e))
     benchmark.group = f"accuracy: seconds to run the {len(test_split):,} test images at batch {EVAL_BATCH}"
     rounds = 1 if bench_options.quick else ROUNDS
-    outputs = benchmark.pedantic(lambda: [predictor.run(b) for b in batches], rounds=rounds, warmup_rounds=0)
+    with Contention() as contention:
+        outputs = benchmark.pedantic(lambda: [predictor.run(b) for b in batches], rounds=rounds)
     logits = torch.cat([predictor.to_logits(o) for o in outputs])
     reference = reference_logits(model_name, torch_device)
     labels = test_split.labels
@@ -102,6 +104,7 @@ def test_accuracy(
         images_per_second=len(labels) / benchmark.stats.stats.median,
         weights=source,
         runtime_info=predictor.info,
+        **contention.record(),
     )
     assert logits.shape == (len(labels), 10)
     assert accuracy >= floor, (

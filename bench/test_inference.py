@@ -5,13 +5,17 @@
     pytest bench/test_inference.py --benchmark-only -k "lenet and b1-"    # one model, batch 1
 
 Per row (extra_info kind "inference"): p50, p90 and p99 latency of single calls (from pytest-benchmark's raw
-samples), IQR/median, images/s (batch / p50), and, filled in at the end of the run, the speed-up over PyTorch
-eager at the same model, device, batch and threads. The input is real test images, normalised and moved to
+samples), IQR/median, images/s (batch / p50), the contention it was measured under, and the speed-up over
+PyTorch eager: measured interleaved with eager at the same model, device, batch and threads
+(`speedup_paired`), and, filled in at the end of the run, against eager's own row at its fastest thread count
+(`speedup_vs_eager`, `eager_threads`). The input is real test images, normalised and moved to
 the device before timing; CUDA rows synchronise inside the timed call. Absent runtimes and devices are skipped
 with the reason.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import pytest
 
@@ -66,9 +70,13 @@ def test_latency(
     assert out.shape == (batch, 10)
     benchmark.group = f"inference: {model_name}, batch {batch}, {torch_device.type}"
     budget_s, min_rounds = bench_options.budget_s, max(timing.MIN_ROUNDS, bench_options.min_rounds)
-    stats = timing.measure(
-        benchmark, lambda: predictor.run(x), batch=batch, budget_s=budget_s, min_rounds=min_rounds
-    )
+    reference = None
+    if runtime != "eager":  # interleaved with eager, so that the speed-up compares like with like
+        eager = build("eager", model, torch_device, threads, exports, model_name)
+        eager_x = eager.prepare(normalize(test_split.images[:batch]))
+        reference = partial(eager.run, eager_x)
+    options = dict(batch=batch, budget_s=budget_s, min_rounds=min_rounds, reference=reference)
+    stats = timing.measure(benchmark, lambda: predictor.run(x), **options)
     new_row(
         "inference",
         model=model_name,

@@ -26,6 +26,7 @@ import torch
 
 from bench import tutorial
 from bench.report import seconds_to
+from mnist_zoo.cpu import Contention
 from mnist_zoo.models import list_models
 from mnist_zoo.targets import TARGET_ACCURACY, TUTORIAL_ACCURACY, TUTORIAL_IMAGES
 from mnist_zoo.train import recipe_for, train
@@ -52,9 +53,8 @@ def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model
     def one_epoch():
         runs.append(train(model_name, recipe, train_split, seed=0, device=torch_device))
 
-    benchmark.pedantic(
-        one_epoch, rounds=1 if bench_options.quick else EPOCH_ROUNDS[model_name], warmup_rounds=0
-    )
+    with Contention() as contention:
+        benchmark.pedantic(one_epoch, rounds=1 if bench_options.quick else EPOCH_ROUNDS[model_name])
     seconds = benchmark.stats.stats.median
     new_row(
         "epoch",
@@ -68,6 +68,7 @@ def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model
         images_per_second=len(train_split) / seconds,
         rounds=len(runs),
         optimisation_seconds=[round(r.train_seconds, 3) for r in runs],
+        **contention.record(),
     )
     assert all(r.images_seen == len(train_split) for r in runs)
     assert all(torch.isfinite(torch.tensor(r.history[-1]["train_loss"])) for r in runs), "training diverged"
@@ -83,6 +84,9 @@ def test_time_to_accuracy(
     if torch_device.type == "cpu":
         trained_runs[model_name] = result  # quick runs measure accuracy and latency on these models
     curve = [[round(h["train_seconds"], 3), h["eval_accuracy"]] for h in result.history]
+    images_to_tutorial = next(
+        (h["images"] for h in result.history if h["eval_accuracy"] >= TUTORIAL_ACCURACY), None
+    )
     reached = bool(result.history) and result.history[-1]["eval_accuracy"] >= target
     last = result.history[-1] if result.history else {}
     new_row(
@@ -100,6 +104,8 @@ def test_time_to_accuracy(
         curve=curve,
         tutorial_accuracy=TUTORIAL_ACCURACY,
         seconds_to_tutorial_accuracy=seconds_to(curve, TUTORIAL_ACCURACY),
+        images_to_tutorial_accuracy=images_to_tutorial,
+        **result.contention,
     )
     best = max((a for _, a in curve), default=0.0)
     assert reached, (
@@ -138,7 +144,8 @@ def test_tutorial_pipeline(benchmark, new_row, bench_options, splits_on, model_n
         for _ in range(tutorial.WARMUP):  # not timed: worker start-up and the first prefetch
             step()
         train(model_name, zoo_recipe, zoo_split, seed=0)  # nor is the zoo's first call
-        benchmark.pedantic(step, setup=before_step, rounds=steps, warmup_rounds=0, iterations=1)
+        with Contention() as contention:  # the workers are children of this process: their time is ours
+            benchmark.pedantic(step, setup=before_step, rounds=steps)
     finally:
         close()
     # A stream's rate is images over total time: the mean step, not the median.
@@ -169,5 +176,6 @@ def test_tutorial_pipeline(benchmark, new_row, bench_options, splits_on, model_n
         paired_ratios=[round(p, 3) for p in paired],
         vs_tutorial_paired=statistics.median(paired),
         pairing=f"{PAIR_ZOO_IMAGES:,} zoo images, then {PAIR_STEPS} timed tutorial steps",
+        **contention.record(),
     )
     assert ips > 0 and paired

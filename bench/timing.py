@@ -1,24 +1,33 @@
 """Latency measurement on top of pytest-benchmark: warm up, size the rounds to a time budget, time one call
-per round, and compute the percentiles pytest-benchmark does not (p50, p90, p99) from its raw samples.
+per round, measure the contention meanwhile, and compute the percentiles pytest-benchmark does not (p50, p90,
+p99) from its raw samples.
 
     >>> stats = measure(benchmark, lambda: predictor.run(x), batch=64, budget_s=1.0)
-    >>> stats["p50_s"], stats["images_per_second"]
+    >>> stats["p50_s"], stats["images_per_second"], stats["contention"]
+    >>> stats = measure(benchmark, run, batch=1, budget_s=1.0, reference=eager_run)   # interleaved with eager
+    >>> stats["speedup_paired"]
 
 One call per round (iterations=1), so every raw sample is one inference and the percentiles are percentiles of
-single calls, not of averages over loops.
+single calls, not of averages over loops. With a `reference`, the timed rounds come in segments of about
+SEGMENT_S, each right after a segment of reference calls (A B A B ...): the speed-up is the median over
+segments of median(reference) / median(timed), so a machine whose speed drifts moves both sides alike.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from mnist_zoo.cpu import Contention
+
 # The first calls pay for lazy initialisation (allocators, oneDNN primitives, cuDNN tuning): not timed.
 WARMUP_S = 0.2
 MIN_WARMUP_CALLS = 5
 MIN_ROUNDS, MAX_ROUNDS = 10, 20_000
+SEGMENT_S = 0.05  # interleaved measurement: seconds of calls per segment, each side
 
 
 def percentile_stats(samples: Sequence[float], batch: int) -> dict:
@@ -57,14 +66,50 @@ def rounds_for(per_call_s: float, budget_s: float, min_rounds: int = MIN_ROUNDS)
     return max(min_rounds, min(MAX_ROUNDS, wanted))
 
 
+def _timed(fn: Callable[[], object], calls: int) -> list[float]:
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def measure(
-    benchmark, fn: Callable[[], object], *, batch: int, budget_s: float, min_rounds: int = MIN_ROUNDS
+    benchmark,
+    fn: Callable[[], object],
+    *,
+    batch: int,
+    budget_s: float,
+    min_rounds: int = MIN_ROUNDS,
+    reference: Callable[[], object] | None = None,
 ) -> dict:
-    """Warm up, then time `fn` with benchmark.pedantic (one call per round); returns percentile_stats plus the
-    time budget. The samples stay in pytest-benchmark's stats, so --benchmark-json carries them too."""
+    """Warm up, then time `fn` with benchmark.pedantic (one call per round); returns percentile_stats, the time
+    budget and the contention record (mnist_zoo.cpu.Contention). With `reference`, interleaved with it (see
+    the module's docstring): also `speedup_paired` and the reference's p50. The samples stay in
+    pytest-benchmark's stats, so --benchmark-json carries them too."""
     estimate = warm_up(fn)
     rounds = rounds_for(estimate, budget_s, min_rounds)
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
-    stats = percentile_stats(benchmark.stats.stats.data, batch)
-    stats["budget_s"] = budget_s
+    segment = max(1, int(SEGMENT_S / estimate))
+    references: list[list[float]] = []
+    calls = 0
+
+    def before_round() -> None:  # pedantic's setup, not timed: a segment of reference calls every `segment`
+        nonlocal calls
+        if reference is not None and calls % segment == 0:
+            references.append(_timed(reference, segment))
+        calls += 1
+
+    if reference is not None:
+        warm_up(reference)
+    with Contention() as contention:
+        benchmark.pedantic(fn, setup=before_round, rounds=rounds, iterations=1)
+    samples = benchmark.stats.stats.data
+    stats = {**percentile_stats(samples, batch), "budget_s": budget_s, **contention.record()}
+    if reference is not None:
+        timed = [samples[i : i + segment] for i in range(0, len(samples), segment)]
+        pairs = zip(references, timed, strict=True)
+        stats["speedup_paired"] = statistics.median(np.median(r) / np.median(t) for r, t in pairs)
+        stats["reference_p50_s"] = float(np.median(np.concatenate(references)))
+        stats["pairing"] = f"{len(references)} segments of {segment} call(s), reference first"
     return stats

@@ -121,24 +121,28 @@ def sample(seconds: float = SAMPLE_S) -> Contention:
     return c
 
 
-def default_threads(quiet: bool = False) -> int:
+def default_threads(busy: Contention | None = None, quiet: bool = False) -> int:
     """Every CPU available (at most torch's own default, the physical cores), less those other processes keep
-    busy; says on stderr when it chose fewer than the CPUs and why."""
+    busy (`busy`: a sample() taken now, by default); says on stderr when it chose fewer and why."""
     cpus = available()
     most = max(1, min(TORCH_DEFAULT_THREADS, math.floor(cpus)))
     if most == 1:
         return 1
-    busy = sample()
+    busy = busy or sample()
     threads = max(1, min(most, math.floor(cpus - busy.others_cpus() + FREE_SLACK)))
     if threads < most and not quiet:
         err.print(
-            f"mnist-zoo: using {threads} thread(s), not {most}: other processes kept {busy.others_cpus():.1f} "
-            f"of {cpus:g} CPUs busy (over {SAMPLE_S} s), and a thread team waits for its slowest member; "
-            "--threads N overrides",
+            f"mnist-zoo: {lowered(threads, most, busy)}; --threads N overrides",
             highlight=False,
             soft_wrap=True,
         )
     return threads
+
+
+def lowered(threads: int, most: int, busy: Contention) -> str:
+    """Why fewer threads than CPUs, in words."""
+    others = f"other processes kept {busy.others_cpus():.1f} of {available():g} CPUs busy"
+    return f"using {threads} thread(s), not {most}: {others}, and a thread team waits for its slowest member"
 
 
 def set_threads(threads: int | None) -> int:

@@ -56,6 +56,9 @@ NOISY_SPREAD = 0.10
 # marked contended: no target is called met from it. Quiet machines measure 0-3% here; two spinning thread pools
 # on a 2-core machine, the load that collapses 2-thread teams, measure 40-90%.
 CONTENDED = 0.10
+# PyTorch eager at more threads this many times slower than at fewer, in the same run: a collapsed thread team
+# (measured: 45x at 2 threads under two spinning thread pools), never a speed to set a runtime against.
+COLLAPSED = 3.0
 
 
 def precision(runtime: str) -> str:

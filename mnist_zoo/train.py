@@ -263,7 +263,7 @@ def train(
                 continue
             paused = _now(device)
             result.train_seconds = paused - start - evaluating
-            row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step + 1}
+            row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step + 1, "images": result.images_seen}
             row.update(train_seconds=result.train_seconds, train_loss=run_loss.item() / seen)
             row.update(train_accuracy=run_correct.item() / seen)
             if eval_split is not None:
