@@ -283,13 +283,13 @@ def main(args: argparse.Namespace) -> int:
         new = make_baseline(fresh, machine_of(doc), args.tolerance or CHECK_TOLERANCE)
         atomic_write(args.baseline, lambda tmp: tmp.write_text(json.dumps(new, indent=2) + "\n"))
         ratios, floors = len(new["ratios"]), len(new["required"])
-        out.print(f"wrote {args.baseline}: {ratios} ratios, {floors} floors; review `git diff` and commit it")
+        out.print(f"wrote {args.baseline}: {ratios} ratios, {floors} floors; review `git diff`, commit", soft_wrap=True)
         return 0
     checks = compare(baseline, fresh, args.tolerance)
     out.print(checks_table(checks, args.all))
     for c in sorted((c for c in checks if c.note), key=lambda c: c.name):
-        out.print(f"  {c.name}: {c.note}", highlight=False)
-    out.print(floors_line(checks))
+        out.print(f"  {c.name}: {c.note}", highlight=False, soft_wrap=True)
+    out.print(floors_line(checks), soft_wrap=True)
     base, machine = baseline.get("machine") or {}, machine_of(doc)
     for key in ("threads", "train_threads"):
         if base.get(key) and base.get(key) != machine.get(key):
