@@ -1,6 +1,6 @@
 """The tutorial's input pipeline, kept as the reference row that the zoo's speed is measured against.
 
-    python -m bench.tutorial --batches 200     # measure its training throughput on this machine
+    pytest --benchmark-only -k tutorial         # its training throughput, beside the zoo's, on this machine
 
 What it reproduces: torchvision's MNIST dataset with per-sample PIL -> ToTensor -> Normalize transforms, fed
 by a DataLoader with 4 worker processes and batch 32, into SGD lr 0.1. What it does not copy: the tutorial's
@@ -10,10 +10,7 @@ its "testing accuracy" measured on the training set.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,8 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mnist_zoo.data import MEAN, SPLITS, STD, fetch
-from mnist_zoo.models import get_model, list_models
-from mnist_zoo.util import guarded, out
+from mnist_zoo.models import get_model
 
 BATCH_SIZE, WORKERS, LR = 32, 4, 0.1
 WARMUP = 20  # steps not timed: worker start-up and the first batches' prefetch are not the steady rate
@@ -79,37 +75,3 @@ def stepper(
 
     return step, close
 
-
-def measure(model_name: str = "lenet", batches: int = 200, data_dir: str | None = None) -> dict:
-    """Train `batches` steps through the tutorial pipeline after WARMUP steps; the rate covers the pipeline
-    end to end (workers decoding PIL images included), which is what a tutorial user waits for."""
-    step, close = stepper(model_name, data_dir)
-    try:
-        for _ in range(WARMUP):
-            step()
-        t0 = time.perf_counter()
-        images = sum(step() for _ in range(batches))
-        seconds = time.perf_counter() - t0
-    finally:
-        close()
-    return {"model": model_name, "images": images, "seconds": seconds, "images_per_second": images / seconds}
-
-
-def main(argv: list[str] | None = None) -> int:
-    description = __doc__.split("\n\n")[0]
-    example = "example: python -m bench.tutorial --model lenet --batches 200"
-    p = argparse.ArgumentParser(prog="python -m bench.tutorial", description=description, epilog=example)
-    p.add_argument("--model", default="lenet", choices=list_models())
-    p.add_argument("--batches", type=int, default=200)
-    p.add_argument("--data-dir")
-    args = p.parse_args(argv)
-    r = measure(args.model, args.batches, args.data_dir)
-    threads = torch.get_num_threads()
-    rate = f"tutorial pipeline, {r['model']}: {r['images_per_second']:.0f} images/s"
-    how = f"{r['images']} images in {r['seconds']:.1f} s, {WORKERS} workers, {threads} threads"
-    out.print(f"{rate} ({how})", soft_wrap=True)  # one line, however narrow the terminal
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(guarded(main))
