@@ -283,7 +283,10 @@ def main(args: argparse.Namespace) -> int:
         new = make_baseline(fresh, machine_of(doc), args.tolerance or CHECK_TOLERANCE)
         atomic_write(args.baseline, lambda tmp: tmp.write_text(json.dumps(new, indent=2) + "\n"))
         ratios, floors = len(new["ratios"]), len(new["required"])
-        out.print(f"wrote {args.baseline}: {ratios} ratios, {floors} floors; review `git diff`, commit", soft_wrap=True)
+        out.print(
+            f"wrote {args.baseline}: {ratios} ratios, {floors} floors; review `git diff`, commit",
+            soft_wrap=True,
+        )
         return 0
     checks = compare(baseline, fresh, args.tolerance)
     out.print(checks_table(checks, args.all))

@@ -74,4 +74,3 @@ def stepper(
         it = None
 
     return step, close
-
