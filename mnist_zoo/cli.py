@@ -151,6 +151,15 @@ def _progress(args: argparse.Namespace) -> bool:
     return not (args.no_progress or args.json)
 
 
+def _printed_json(args: argparse.Namespace, record: dict, path: Path | None = None) -> bool:
+    """Write `record` to `path` (atomically) when given; with --json, print it as the one stdout object."""
+    if path is not None:
+        write_json(path, record)
+    if args.json:
+        print(json.dumps(record))  # not through rich: JSON must not be wrapped or highlighted
+    return args.json
+
+
 # --- all, train, evaluate, list, data -------------------------------------------------------------------------
 
 
@@ -185,8 +194,7 @@ def _results_table(records: list[dict]) -> Table:
 def cmd_all(args: argparse.Namespace) -> int:
     device = _setup(args)
     records = [_fit(name, args, device) for name in list_models()]
-    if args.json:
-        print(json.dumps({"results": records}))
+    if _printed_json(args, {"results": records}):
         return 0
     out.print(_results_table(records))
     out.print(f"checkpoints in {checkpoint_dir()}", highlight=False)
@@ -198,8 +206,7 @@ def cmd_all(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     model_info(args.model)
     record = _fit(args.model, args, _setup(args), args.checkpoint)
-    if args.json:
-        print(json.dumps(record))
+    if _printed_json(args, record):
         return 0
     out.print(_results_table([record]))
     out.print(f"checkpoint {record['checkpoint']}", highlight=False)
@@ -228,8 +235,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         confusion_matrix=confusion.tolist(),
     )
     record.update(trained_with=trained_with, **environment(device))
-    if args.json:
-        print(json.dumps(record))
+    if _printed_json(args, record):
         return 0
     scored = f"on {len(test_split):,} test images (loss {ev.loss:.4f})"
     out.print(f"[bold]{meta['model']}[/]: test accuracy [bold]{ev.accuracy:.2%}[/] {scored}")
@@ -259,8 +265,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             except UserError as e:
                 row.update(error=str(e))
         rows.append(row)
-    if args.json:
-        print(json.dumps({"models": rows}))
+    if _printed_json(args, {"models": rows}):
         return 0
     t = Table(title="mnist-zoo models")
     for col in ("model", "params", "multiply-adds", "trained", "test accuracy"):
@@ -362,9 +367,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         }
 
     _draw(args, summary, draw)
-    write_json(summary_path, summary)
-    if args.json:
-        print(json.dumps(summary))
+    if _printed_json(args, summary, summary_path):
         return 0
     t = Table(
         title=f"{args.model}: stratified {args.folds}-fold cross-validation on {len(split):,} training images"
@@ -429,9 +432,7 @@ def _evaluate_seeds(args: argparse.Namespace) -> int:
     record = {"schema": compare.SEEDS_SCHEMA, "command": "evaluate", **study, "report": f"{stem}.json"}
     _draw(args, record, lambda: plots.seed_pictures(study, predictions[0], test, str(stem)))
     record.update(wall_seconds=time.perf_counter() - start, **environment(device))
-    write_json(stem.with_suffix(".json"), record)
-    if args.json:
-        print(json.dumps(record))
+    if _printed_json(args, record, stem.with_suffix(".json")):
         return 0
     title = f"{args.model}: {len(study['runs'])} seed(s), each trained on {study['train_images']:,} images"
     t = Table(title=f"{title} and scored on {study['test_images']:,} test images")
@@ -476,9 +477,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _draw(args, record, draw)
     record.update(wall_seconds=time.perf_counter() - start, **environment(device))
-    write_json(stem.with_suffix(".json"), record)
-    if args.json:
-        print(json.dumps(record))
+    if _printed_json(args, record, stem.with_suffix(".json")):
         return 0
     t = Table(
         title=f"{len(studies)} models, {args.seeds} seed(s) each, scored on the same {len(test):,} test images"
