@@ -142,9 +142,16 @@ def _training(p: argparse.ArgumentParser, study: bool = False, evaluate: bool = 
     add("--fresh", action="store_true", default=False, help="retrain instead of reusing saved runs")
 
 
-def _setup(args: argparse.Namespace) -> torch.device:
-    set_threads(args.threads)
+def _device(args: argparse.Namespace) -> torch.device:
+    if args.threads is not None:
+        set_threads(args.threads)  # checked now, before any work
     return resolve_device(args.device)
+
+
+def _idle_threads(args: argparse.Namespace) -> None:
+    """Without --threads, one per idle CPU: chosen once the inputs are checked and loaded, right before the work."""
+    if args.threads is None:
+        set_threads(None)
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -163,13 +170,19 @@ def _printed_json(args: argparse.Namespace, record: dict, path: Path | None = No
 # --- all, train, evaluate, list, data -------------------------------------------------------------------------
 
 
-def _fit(name: str, args: argparse.Namespace, device: torch.device, checkpoint: str | None = None) -> dict:
-    recipe = recipe_for(name, args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+def _fit(names: list[str], args: argparse.Namespace, checkpoint: str | None = None) -> list[dict]:
+    """Train each model with its recipe, evaluate it on the test set, save its checkpoint."""
     if args.streams is not None and args.streams < 1:
         raise UserError(f"--streams must be at least 1, got {args.streams}")
-    train_split, test_split = data.load("train", args.data_dir), data.load("test", args.data_dir)
+    overrides = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    recipes = {name: recipe_for(name, args.recipe, **overrides) for name in names}
+    device = _device(args)
+    splits = data.load("train", args.data_dir), data.load("test", args.data_dir)
+    _idle_threads(args)
     options = dict(seed=args.seed, device=device, streams=args.streams, checkpoint=checkpoint)
-    return fit(name, recipe, train_split, test_split, progress=_progress(args), **options)
+    return [
+        fit(name, recipe, *splits, progress=_progress(args), **options) for name, recipe in recipes.items()
+    ]
 
 
 def _results_table(records: list[dict]) -> Table:
@@ -192,8 +205,7 @@ def _results_table(records: list[dict]) -> Table:
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    device = _setup(args)
-    records = [_fit(name, args, device) for name in list_models()]
+    records = _fit(list_models(), args)
     if _printed_json(args, {"results": records}):
         return 0
     out.print(_results_table(records))
@@ -204,8 +216,7 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    model_info(args.model)
-    record = _fit(args.model, args, _setup(args), args.checkpoint)
+    record = _fit([args.model], args, args.checkpoint)[0]
     if _printed_json(args, record):
         return 0
     out.print(_results_table([record]))
@@ -220,9 +231,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if given:
         why = "only apply with --seeds N (retraining); plain evaluate scores the saved checkpoint"
         raise UserError(f"{', '.join(given)} {why}")
-    device = _setup(args)
+    device = _device(args)
     model, meta = load_checkpoint(args.model)
     test_split = data.load("test", args.data_dir)
+    _idle_threads(args)
     ev = evaluate(model.to(device), test_split)
     confusion = confusion_matrix(ev.predictions, test_split.labels)
     per_class = (confusion.diag().float() / confusion.sum(1).float()).tolist()
@@ -338,8 +350,10 @@ def _note_reused(store: RunStore) -> None:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     recipe = recipe_for(args.model, args.recipe, epochs=args.epochs)
-    device = _setup(args)
+    device = _device(args)
     split, subset = _training_data(args)
+    crossval.stratified_folds(split.labels, args.folds, args.seed)  # a bad --folds is an error before any work
+    _idle_threads(args)
     folder = report_dir(args.report_dir)
     summary_path, stem = folder / f"cv-{args.model}.json", folder / f"cv-{args.model}"
     store = RunStore(folder, fresh=args.fresh)
@@ -396,9 +410,10 @@ def _studies(args: argparse.Namespace, models: list[str], n_seeds: int) -> tuple
     recipes = {m: recipe_for(m, args.recipe or "default", epochs=args.epochs) for m in models}
     first = args.seed or 0
     seeds = list(range(first, first + n_seeds))
-    device = _setup(args)
+    device = _device(args)
     train, subset = _training_data(args)
     test = data.load("test", args.data_dir)
+    _idle_threads(args)
     store = RunStore(report_dir(args.report_dir), fresh=bool(args.fresh))
     total = sum(steps_for(len(train), recipes[m]) * n_seeds for m in models)
     studies, predictions = [], []
@@ -514,11 +529,12 @@ def _p(p: float | None) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit status 0 when every file was answered, 1 when any file could not be read (the rest still are)."""
-    device = _setup(args)
+    device = _device(args)
     if args.model in list_models():  # its checkpoint, trained first with the default recipe if missing
         model, meta = ensure_trained(args.model, data_dir=args.data_dir, progress=not args.json)
     else:
         model, meta = load_checkpoint(args.model)
+    _idle_threads(args)
     results, prepared = predict.predict_files(model.to(device), args.files)
     record = {"schema": "mnist-zoo/predict/1", "command": "predict", "model": meta["model"]}
     record.update(checkpoint=str(checkpoint_path(args.model)), results=results, **environment(device))

@@ -86,6 +86,6 @@ def test_damaged_checkpoint_via_cli(capsys, _isolated_checkpoints):
 def test_same_seed_same_accuracy_through_the_cli(capsys):
     results = []
     for _ in range(2):
-        assert main(["train", "dnn", "--epochs", "1", "--seed", "3", "--json"]) == 0
+        assert main(["train", "dnn", "--epochs", "1", "--seed", "3", "--threads", "1", "--json"]) == 0
         results.append(json.loads(capsys.readouterr().out)["test_accuracy"])
     assert results[0] == results[1]

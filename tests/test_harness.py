@@ -18,7 +18,8 @@ from mnist_zoo.crossval import stratified_folds
 from mnist_zoo.runs import decode_predictions, stratified_subset
 from mnist_zoo.util import UserError
 
-QUICK = ["--epochs", "1", "--train-size", "900", "--no-progress"]
+# Pinned threads: results and saved-run keys depend on the thread count, which a busy machine would lower.
+QUICK = ["--epochs", "1", "--train-size", "900", "--no-progress", "--threads", "1"]
 ENVIRONMENT = {"torch_version", "python_version", "device", "device_name", "threads", "cpu"}
 SUMMARY = {"n", "mean", "std", "sem", "t_critical", "ci_low", "ci_high", "confidence", "min", "max"}
 
