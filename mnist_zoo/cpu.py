@@ -10,7 +10,7 @@
 Why it matters: torch and onnxruntime split every operator across a team of threads that meet at a barrier.
 When another process takes a core from one of them, the whole team waits for it, once per operator: on a
 2-core machine with two other processes spinning their own thread pools, lenet's batch-1 latency in PyTorch eager
-went from 0.2 ms to 9 ms at 2 threads, while 1 thread stayed at 0.4 ms. So a figure is only worth reporting with
+went from 0.7 ms to 21 ms at 2 threads, while 1 thread stayed at 0.8 ms. So a figure is only worth reporting with
 the contention it was measured under, and a default thread count is only safe if it leaves busy cores alone.
 """
 

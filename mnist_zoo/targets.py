@@ -53,11 +53,11 @@ CHECK_TRAINING_TOLERANCE = 0.5
 # A benchmark row whose IQR / median is above this is marked noisy: its figures moved while it was measured.
 NOISY_SPREAD = 0.10
 # A benchmark row or training run during which other processes used more than this share of the CPUs' time is
-# marked contended: no target is called met from it. Quiet machines measure 0-3% here; two spinning thread pools
-# on a 2-core machine, the load that collapses 2-thread teams, measure 40-90%.
+# marked contended: no target is called met from it. A quiet machine measures 0-3% here; two spinning thread
+# pools on a 2-core machine, the load that collapses 2-thread teams, 60-100%.
 CONTENDED = 0.10
 # PyTorch eager at more threads this many times slower than at fewer, in the same run: a collapsed thread team
-# (measured: 45x at 2 threads under two spinning thread pools), never a speed to set a runtime against.
+# (measured: 27x at 2 threads under two spinning thread pools), never a speed to set a runtime against.
 COLLAPSED = 3.0
 
 
