@@ -1,18 +1,19 @@
 """The `ort-web` runtime: onnxruntime-web (WebAssembly) in headless Chromium, timed inside the page.
 
     pytest bench/test_web.py --benchmark-only                      # every model at batch 1
-    pytest --benchmark-only -k "lenet and (b1- or ort_web)"        # beside the other runtimes' batch-1 rows
+    pytest --benchmark-only -k "lenet and (b1 and not b1000 or ort_web)"   # beside the other batch-1 rows
 
 Per row (extra_info kind "inference", runtime "ort-web", batch 1, the fields of bench/test_inference.py): the
 model's ONNX file (the one the ort-fp32 rows load) in the page that `python -m export --web` writes, served by
 export.web on 127.0.0.1, cross-origin isolated (performance.now() ticks every 5 µs, not 100, and wasm threads
 work), loaded by predict.js with the row's thread count. The input is a real test image, made into a tensor
-before timing. Each timed round asks the page for one call of model.logits(x), which the page times with
-performance.now(); the percentiles and images/s are of those in-page times, after the warm-up every row gets
-(bench/timing.py), with the contention measured meanwhile (Chromium's processes are this one's children, so
-their CPU time is not counted as other processes'). pytest-benchmark's own columns time the round trip from
-Python through Playwright instead (also in the row: round_trip_p50_s). Skipped, with the reason, without
-Chromium or Playwright, without onnxruntime-web (no npm and no cached copy), and in --bench-quick.
+before timing. The page warms up as bench/timing.py does, then times each of `rounds` back-to-back calls of
+model.logits(x) with performance.now(): the same single calls, one after another, that the other runtimes'
+rows time. (Asking the page for one call per Playwright round trip instead leaves it idle between calls, which
+adds 100-200 µs to every call.) pytest-benchmark cannot see inside the browser, so the samples it reports are
+these in-page times; the contention is measured around them (Chromium's processes are children of this one,
+so their CPU time is not counted as other processes'). Skipped, with the reason, without Chromium or
+Playwright, without onnxruntime-web (no npm and no cached copy), and in --bench-quick.
 """
 
 from __future__ import annotations
@@ -24,24 +25,39 @@ import torch
 from bench import timing
 from bench.runtimes import Unavailable
 from export import web, web_browser
+from mnist_zoo.cpu import Contention
 from mnist_zoo.data import normalize
 from mnist_zoo.models import list_models, model_info
 from mnist_zoo.targets import BENCH_LOGIT_ATOL
 from mnist_zoo.util import UserError
 
-# Run in the page: the input tensor made once (as the other runtimes' prepare), then one timed call per round.
+# Run in the page: the input tensor made once (as the other runtimes' prepare), a warm-up (timing.warm_up's
+# rule; returns the median of its second half, ms), then `rounds` single calls, each timed (ms).
 SETUP = """async (pixels) => {
   const model = window.mnistZoo.model;
   window.benchInput = model.input(Uint8Array.from(pixels));
-  window.benchTimes = [];
   const logits = Array.from(await model.logits(window.benchInput));
   return { logits, threads: model.threads, version: model.version, isolated: self.crossOriginIsolated };
 }"""
-STEP = """async () => {
-  const t0 = performance.now();
-  await window.mnistZoo.model.logits(window.benchInput);
-  window.benchTimes.push(performance.now() - t0);
+TIMED = """async (rounds) => {
+  const [model, x, times] = [window.mnistZoo.model, window.benchInput, []];
+  for (let i = 0; i < rounds; i++) {
+    const t0 = performance.now();
+    await model.logits(x);
+    times.push(performance.now() - t0);
+  }
+  return times;
 }"""
+WARM_UP = f"""async () => {{
+  const [model, x, times, start] = [window.mnistZoo.model, window.benchInput, [], performance.now()];
+  while (times.length < {timing.MIN_WARMUP_CALLS} || performance.now() - start < {timing.WARMUP_S * 1e3}) {{
+    const t0 = performance.now();
+    await model.logits(x);
+    times.push(performance.now() - t0);
+  }}
+  const late = times.slice(times.length >> 1).sort((a, b) => a - b);
+  return late[late.length >> 1];
+}}"""
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +92,7 @@ def test_ort_web_latency(
     model_name,
 ):
     if bench_options.quick:
-        pytest.skip(
-            "ort-web is left out of --bench-quick (tests/test_web.py proves the page; the check needs no browser)"
-        )
+        pytest.skip("ort-web is left out of --bench-quick: the CI check needs no browser (tests/test_web.py)")
     model, source = zoo_model(model_name, trained=False)
     try:
         onnx_file = exports.path(model_name, model, "onnx")
@@ -96,15 +110,20 @@ def test_ort_web_latency(
             reference = model(normalize(image))[0].numpy()
         assert np.abs(np.array(page["logits"]) - reference).max() <= BENCH_LOGIT_ATOL["cpu"]
         benchmark.group = f"inference: {model_name}, batch 1, cpu"
-        budget_s, min_rounds = bench_options.budget_s, max(timing.MIN_ROUNDS, bench_options.min_rounds)
-        stats = timing.measure(
-            benchmark, lambda: tab.page.evaluate(STEP), batch=1, budget_s=budget_s, min_rounds=min_rounds
-        )
-        in_page = [ms / 1e3 for ms in tab.page.evaluate("window.benchTimes")[-stats["rounds"] :]]
+        estimate_s = tab.page.evaluate(WARM_UP) / 1e3
+        min_rounds = max(timing.MIN_ROUNDS, bench_options.min_rounds)
+        rounds = timing.rounds_for(estimate_s, bench_options.budget_s, min_rounds)
+        with Contention() as contention:
+            times_ms = benchmark.pedantic(tab.page.evaluate, (TIMED, rounds), rounds=1, iterations=1)
         assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
         tab.page.context.close()
-    # The percentiles are the page's; the round trip through Playwright is what pytest-benchmark timed.
-    timed = {**stats, "round_trip_p50_s": stats["p50_s"], **timing.percentile_stats(in_page, batch=1)}
+    samples = [ms / 1e3 for ms in times_ms]
+    benchmark.stats.stats.data[:] = samples  # pytest-benchmark's table and JSON: the page's per-call times
+    stats = {
+        **timing.percentile_stats(samples, batch=1),
+        "budget_s": bench_options.budget_s,
+        **contention.record(),
+    }
     versions = {"browser": f"Chromium {browser.version}", "onnxruntime_web": page["version"]}
     new_row(
         "inference",
@@ -117,6 +136,6 @@ def test_ort_web_latency(
         weights=source,
         runtime_info={**versions, "wasm_threads": page["threads"], "cross_origin_isolated": page["isolated"]},
         **versions,
-        **timed,
-        timed="in the page: performance.now() around model.logits(x)",
+        **stats,
+        timed="in the page: performance.now() around each of `rounds` back-to-back model.logits(x) calls",
     )
