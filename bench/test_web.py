@@ -61,7 +61,9 @@ WARM_UP = f"""async () => {{
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(bench_options):
+    if bench_options.quick:
+        pytest.skip("ort-web is left out of --bench-quick: the CI check needs no browser (tests/test_web.py)")
     try:
         with web_browser.chromium() as b:
             yield b
@@ -91,8 +93,6 @@ def test_ort_web_latency(
     tmp_path,
     model_name,
 ):
-    if bench_options.quick:
-        pytest.skip("ort-web is left out of --bench-quick: the CI check needs no browser (tests/test_web.py)")
     model, source = zoo_model(model_name, trained=False)
     try:
         onnx_file = exports.path(model_name, model, "onnx")
