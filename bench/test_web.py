@@ -12,8 +12,10 @@ model.logits(x) with performance.now(): the same single calls, one after another
 rows time. (Asking the page for one call per Playwright round trip instead leaves it idle between calls, which
 adds 100-200 µs to every call.) pytest-benchmark cannot see inside the browser, so the samples it reports are
 these in-page times; the contention is measured around them (Chromium's processes are children of this one,
-so their CPU time is not counted as other processes'). Skipped, with the reason, without Chromium or
-Playwright, without onnxruntime-web (no npm and no cached copy), and in --bench-quick.
+so their CPU time is not counted as other processes'). Then the page and ORT fp32 in Python (the ort-fp32
+row's runtime, same file, same threads) are timed in turn, PAIRS times, for `vs_ort_fp32_paired`: a ratio
+that a drifting machine moves on both sides alike. Skipped, with the reason, without Chromium or Playwright,
+without onnxruntime-web (no npm and no cached copy), and in --bench-quick.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 import torch
 
 from bench import timing
-from bench.runtimes import Unavailable
+from bench.runtimes import Unavailable, build
 from export import web, web_browser
 from mnist_zoo.cpu import Contention
 from mnist_zoo.data import normalize
@@ -31,6 +33,7 @@ from mnist_zoo.models import list_models, model_info
 from mnist_zoo.targets import BENCH_LOGIT_ATOL
 from mnist_zoo.util import UserError
 
+PAIRS = 8  # interleaved segments of the page and of ORT fp32 in Python, for the paired ratio
 # Run in the page: the input tensor made once (as the other runtimes' prepare), a warm-up (timing.warm_up's
 # rule; returns the median of its second half, ms), then `rounds` single calls, each timed (ms).
 SETUP = """async (pixels) => {
@@ -58,6 +61,23 @@ WARM_UP = f"""async () => {{
   const late = times.slice(times.length >> 1).sort((a, b) => a - b);
   return late[late.length >> 1];
 }}"""
+
+
+def paired_with_ort_fp32(tab: web_browser.Tab, predictor, x, segment: int) -> dict:
+    """ORT fp32 in Python against the page, interleaved as bench/timing.py pairs runtimes with eager (A B A B):
+    the median over PAIRS segments of median(ORT fp32 in Python) / median(page). Below 1, the page is slower."""
+    timing.warm_up(lambda: predictor.run(x))
+    ratios, reference = [], []
+    for _ in range(PAIRS):
+        page_s = np.median(tab.page.evaluate(TIMED, segment)) / 1e3
+        python_s = timing._timed(lambda: predictor.run(x), segment)
+        ratios.append(np.median(python_s) / page_s)
+        reference += python_s
+    return {
+        "vs_ort_fp32_paired": float(np.median(ratios)),
+        "ort_fp32_p50_s": float(np.median(reference)),
+        "ort_fp32_pairing": f"{PAIRS} segments of {segment} call(s), the page first",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +135,9 @@ def test_ort_web_latency(
         rounds = timing.rounds_for(estimate_s, bench_options.budget_s, min_rounds)
         with Contention() as contention:
             times_ms = benchmark.pedantic(tab.page.evaluate, (TIMED, rounds), rounds=1, iterations=1)
+        ort = build("ort-fp32", model, torch.device("cpu"), threads, exports, model_name)
+        segment = max(1, int(timing.SEGMENT_S / estimate_s))
+        paired = paired_with_ort_fp32(tab, ort, ort.prepare(normalize(image)), segment)
         assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
         tab.page.context.close()
     samples = [ms / 1e3 for ms in times_ms]
@@ -137,5 +160,6 @@ def test_ort_web_latency(
         runtime_info={**versions, "wasm_threads": page["threads"], "cross_origin_isolated": page["isolated"]},
         **versions,
         **stats,
+        **paired,
         timed="in the page: performance.now() around each of `rounds` back-to-back model.logits(x) calls",
     )
