@@ -170,8 +170,7 @@ async function start() {
 }
 
 function fail(e) {
-  const served = location.protocol.startsWith("http") ? "" : " (open it through: python -m export serve DIR)";
-  status.textContent = `error: ${e.message}${served}`;
+  status.textContent = `error: ${e.message}`;
 }
 
 start().catch(fail);
