@@ -1,8 +1,8 @@
 /*
  * app.js: the draw-a-digit page. Draw on the pad (pointer events: mouse, touch, pen), or drop or choose an
  * image; the page shows the 28x28 image the model receives, the predicted digit and ten probability bars,
- * updated as you draw. Query parameters: ?model=NAME (the model shown first), ?threads=N (wasm threads; more
- * than one needs a cross-origin isolated page, which `python -m export serve` gives).
+ * updated as you draw. Query parameters: ?model=NAME (the model shown first), ?threads=N (wasm threads,
+ * default 1; more than one needs a cross-origin isolated page, which `python -m export serve` gives).
  *
  * For scripts and tests: after every prediction #digit's text is the digit and its data-probabilities a JSON
  * array of 10 numbers (data-source: "pad" or the file's name); <html data-model> names the model once it is
@@ -17,7 +17,8 @@ const ink = pad.getContext("2d", { willReadFrequently: true });
 // Strokes about as thick, for the size of the pad, as MNIST's pen was for its digits.
 Object.assign(ink, { lineWidth: pad.width / 14, lineCap: "round", lineJoin: "round", strokeStyle: "#000" });
 const params = new URLSearchParams(location.search);
-const threads = Number(params.get("threads")) || undefined;
+// One wasm thread unless asked: at batch 1 a second one made every model slower (bench/test_web.py).
+const threads = Number(params.get("threads")) || 1;
 const loaded = new Map(); // file -> Model
 const state = { model: null, name: "", hint: "", source: null, sourceName: "", busy: false, again: false };
 window.mnistZoo = state;
