@@ -141,6 +141,9 @@ def test_mnist_digits_read_as_onnxruntime_reads_them(site, tab, test_split, tmp_
         paths.append(tmp_path / f"mnist-{i:03d}.png")
         Image.fromarray(image).save(paths[-1])
     page, previews = read_files(tab, paths)
+    tab.page.set_input_files("input[type=file]", paths[0])  # and once the way Playwright chooses a file
+    shown = tab.page.wait_for_selector(f'#digit[data-source="{paths[0].name}"]')
+    assert json.loads(shown.get_attribute("data-probabilities")) == list(page[0])
     session = ort_session(site.out / "lenet.onnx")
     python = softmax(session.run(None, {"image": data.normalize(images).numpy()})[0])
     diff = np.abs(page - python).max()
