@@ -6,6 +6,8 @@ examples:
   python -m export lenet --all --int8           # .onnx, .pt, .pt2 and the int8 lenet.int8.onnx
   python -m export all --onnx --out /tmp/zoo    # every model in the zoo
   python -m export dnn --onnx --opset 18 --softmax --json
+  python -m export lenet --web                  # + artifacts/web/: a draw-a-digit page on onnxruntime-web
+  python -m export serve artifacts              # serve that page on http://127.0.0.1:8000/ (see export/web.py)
 
 Formats: --onnx (.onnx, torch.onnx dynamo exporter), --torchscript (.pt), --pt2 (.pt2, torch.export, the
 successor of TorchScript); --all (also the default when no format is named) writes all three. --int8 adds an
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +38,7 @@ import onnxruntime
 import torch
 from rich.table import Table
 
-from export import to_onnx
+from export import to_onnx, web
 from export.quantize import calibration_images, quantize_int8
 from export.to_pt2 import export_pt2, load_pt2
 from export.to_torchscript import export_torchscript, load_torchscript
@@ -82,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8", action="store_true", help="also MODEL.int8.onnx, static int8 QDQ (implies --onnx)"
     )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT}/)")
+    p.add_argument(
+        "--web", action="store_true", help="also OUT/web/, the page on onnxruntime-web (implies --onnx)"
+    )
+    p.add_argument(
+        "--ort-web", metavar="DIR", help=f"a local {web.ORT_WEB} (its npm tarball or unpacked package)"
+    )
     opsets = f"{to_onnx.MIN_OPSET} to {to_onnx.MAX_OPSET}, default {to_onnx.DEFAULT_OPSET}"
     p.add_argument("--opset", type=int, help=f"ONNX opset ({opsets}: the exporter's recommended)")
     p.add_argument(
@@ -109,7 +118,7 @@ def _models(names: list[str]) -> list[str]:
 
 
 def _formats(args: argparse.Namespace) -> list[str]:
-    chosen = [f for f in ("onnx", "torchscript", "pt2") if getattr(args, f)]
+    chosen = [f for f in ("onnx", "torchscript", "pt2") if getattr(args, f) or (f == "onnx" and args.web)]
     if args.all or not chosen:
         chosen = ["onnx", "torchscript", "pt2"]
     if args.int8:  # int8 is made from, and judged beside, the fp32 file
@@ -275,7 +284,10 @@ def run(args: argparse.Namespace) -> int:
         to_onnx.check_opset(args.opset)
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.ort_web and not args.web:
+        raise UserError("--ort-web applies to --web; add --web")
     out_dir = _out_dir(args.out)
+    ort_web = web.ort_web_files(args.ort_web) if args.web else None  # before any training: fail fast
     test = data.load("test", args.data_dir)
     calib = calibration_images(data.load("train", args.data_dir)) if "int8" in formats else None
     progress = not (args.no_progress or args.json)
@@ -288,8 +300,12 @@ def run(args: argparse.Namespace) -> int:
             if records:
                 err.print(f"written before the failure: {', '.join(r['artifact'] for r in records)}")
             return fail(str(e), EXIT_UNVERIFIED)
+    onnx_files = [Path(r["artifact"]) for r in records if r["format"] == "onnx"]
+    page = web.build(out_dir / "web", onnx_files, ort_web) if args.web else None
     if not args.json:
         out.print(results_table(records, args.threads))
+        if page:
+            out.print(f"page: {page}/ (serve it: python -m export serve {out_dir})", highlight=False)
         return 0
     thresholds = {
         "min_agreement": EXPORT_MIN_AGREEMENT,
@@ -302,11 +318,32 @@ def run(args: argparse.Namespace) -> int:
         "onnxruntime_version": onnxruntime.__version__,
         **environment("cpu"),
         "threads": args.threads,
+        "web": str(page) if page else None,
     }
     print(json.dumps(record))  # not through rich: JSON must not be wrapped or highlighted
     return 0
 
 
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export serve",
+        description="Serve the page that --web wrote, on 127.0.0.1 only (Ctrl-C stops it).",
+        epilog="example:\n  python -m export lenet --web && python -m export serve artifacts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "directory", nargs="?", default=DEFAULT_OUT, help="the --out folder or its web/ (default: artifacts)"
+    )
+    p.add_argument(
+        "--port", type=int, default=web.DEFAULT_PORT, help=f"default: {web.DEFAULT_PORT}; 0: any free port"
+    )
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        served = serve_parser().parse_args(argv[1:])
+        return guarded(lambda: web.serve(served.directory, served.port))
     args = build_parser().parse_args(argv)
     return guarded(lambda: run(args))

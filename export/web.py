@@ -1,0 +1,223 @@
+"""The exported models in a browser: a static draw-a-digit page on onnxruntime-web, and its local server.
+
+    python -m export lenet --web                  # artifacts/lenet.onnx and the page in artifacts/web/
+    python -m export all --web --out /tmp/zoo     # every model, with a model picker on the page
+    python -m export serve artifacts              # http://127.0.0.1:8000/ (Ctrl-C stops it)
+    >>> from export import web
+    >>> web.build(Path("artifacts/web"), [Path("artifacts/lenet.onnx")], web.ort_web_files())
+
+The page folder holds index.html and app.js (the page), predict.js (the predictor: an ES module another page can
+import), the .onnx files and models.json (the picker's list), and onnxruntime-web's plain WebAssembly build
+(ort.wasm.min.mjs, without the WebGPU/JSEP parts, and the Emscripten loader and .wasm it imports). No build
+step, no bundler, no CDN: nothing is fetched from anywhere else, so it works with the network unplugged.
+
+onnxruntime-web comes from npm at the version pinned below (`npm pack`), is checked against the pinned SHA-256
+of its tarball and of the three files used, and is kept in the cache beside MNIST's
+($XDG_CACHE_HOME/mnist-zoo/onnxruntime-web/). `--ort-web DIR` takes a local copy instead.
+
+The server binds 127.0.0.1 only and serves .wasm as application/wasm and .mjs as JavaScript whatever the
+system's MIME tables say (Windows' registry can call .js text/plain, which browsers refuse for modules). It
+sends the two headers that make the page cross-origin isolated: performance.now() then ticks every 5 µs
+rather than 100 µs, and onnxruntime-web may use more than one wasm thread (without them it uses one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import onnx
+
+from export.integrity import onnx_metadata
+from mnist_zoo.data import cache_dir
+from mnist_zoo.util import UserError, atomic_write_bytes, err, out, write_json
+
+ORT_WEB_VERSION = "1.30.0"
+ORT_WEB = f"onnxruntime-web@{ORT_WEB_VERSION}"
+ORT_WEB_TARBALL = f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"  # as `npm pack` names it; 33 MB
+ORT_WEB_SHA256 = "d2228df7e4616bc3348bf504ee888f3bec43789a273f0a63f3e68d203ce3bf71"
+ORT_WEB_FILES = {  # package/dist/<name>: what the page loads (14 MB), also pinned for an unpacked copy
+    "ort.wasm.min.mjs": "219e6a1fc8a9938268d18efca3c91d310bd2f4a59bbd13744df5b2b7fc6cee3b",
+    "ort-wasm-simd-threaded.mjs": "e13f7f94fc51b4ca72b12faeb1ee95f4ace6dfbc8939bc718aabdc0a27c4299b",
+    "ort-wasm-simd-threaded.wasm": "3398c10d07d229bd91b364548e130e0e51a8e5704b88c7c083ebbeb78842dee2",
+}
+PAGE = Path(__file__).with_name("page")  # index.html, app.js, predict.js
+HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+NPM_TIMEOUT_S = 300
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _checked(name: str, data: bytes, where: str) -> bytes:
+    if _sha256(data) != ORT_WEB_FILES[name]:
+        raise UserError(f"{where}: {name} does not match the pinned SHA-256 of {ORT_WEB}")
+    return data
+
+
+def _from_tarball(data: bytes, where: str) -> dict[str, bytes]:
+    if _sha256(data) != ORT_WEB_SHA256:
+        raise UserError(
+            f"{where}: SHA-256 mismatch ({len(data):,} bytes; expected the pinned sum of {ORT_WEB_TARBALL}): "
+            "corrupt, truncated or another version; delete it and run again"
+        )
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {n: _checked(n, tar.extractfile(f"package/dist/{n}").read(), where) for n in ORT_WEB_FILES}
+
+
+def _from_local(directory: Path) -> dict[str, bytes]:
+    """--ort-web DIR: the tarball `npm pack` writes (or a folder holding it), or the unpacked package
+    (node_modules/onnxruntime-web)."""
+    if directory.is_file():
+        return _from_tarball(directory.read_bytes(), str(directory))
+    if (directory / ORT_WEB_TARBALL).is_file():
+        return _from_tarball((directory / ORT_WEB_TARBALL).read_bytes(), str(directory / ORT_WEB_TARBALL))
+    dist = directory / "dist"
+    if all((dist / n).is_file() for n in ORT_WEB_FILES):
+        return {n: _checked(n, (dist / n).read_bytes(), str(dist)) for n in ORT_WEB_FILES}
+    raise UserError(
+        f"--ort-web {directory} holds neither {ORT_WEB_TARBALL} nor the unpacked package (dist/ort.wasm.min.mjs)"
+    )
+
+
+def _npm_pack(cached: Path) -> bytes:
+    ways_out = f"or pass --ort-web DIR holding {ORT_WEB_TARBALL} (`npm pack {ORT_WEB}` on a machine with npm)"
+    npm = shutil.which("npm")
+    if npm is None:
+        raise UserError(
+            f"{ORT_WEB} is not in the cache ({cached.parent}) and npm is not installed: install npm (this "
+            f"command then fetches it with `npm pack`), {ways_out}"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        with err.status(f"fetching {ORT_WEB} with npm pack (33 MB) ..."):
+            try:
+                proc = subprocess.run(
+                    [npm, "pack", ORT_WEB, "--silent"],
+                    cwd=tmp,
+                    capture_output=True,
+                    text=True,
+                    timeout=NPM_TIMEOUT_S,
+                )
+            except subprocess.TimeoutExpired:
+                raise UserError(f"npm pack {ORT_WEB} took over {NPM_TIMEOUT_S} s; {ways_out}") from None
+        tarball = Path(tmp) / ORT_WEB_TARBALL
+        if proc.returncode != 0 or not tarball.is_file():
+            why = ((proc.stderr or proc.stdout).strip().splitlines() or ["no tarball written"])[-1]
+            raise UserError(f"npm pack {ORT_WEB} failed ({why[:160]}); {ways_out}")
+        return tarball.read_bytes()
+
+
+def ort_web_files(local: str | Path | None = None) -> dict[str, bytes]:
+    """file name -> bytes of onnxruntime-web's WebAssembly build, verified: from `local` (--ort-web DIR) when
+    given, else from the cache, else from npm (then cached). Every failure is a one-line UserError."""
+    if local is not None:
+        return _from_local(Path(local).expanduser())
+    cached = cache_dir() / "onnxruntime-web" / ORT_WEB_TARBALL
+    if cached.is_file():
+        try:
+            return _from_tarball(cached.read_bytes(), str(cached))
+        except (UserError, tarfile.TarError, OSError) as e:  # a damaged cache is fetched again, not fatal
+            err.print(f"mnist-zoo: cached onnxruntime-web unusable ({e}); fetching it again", highlight=False)
+    data = _npm_pack(cached)
+    files = _from_tarball(data, f"npm pack {ORT_WEB}")
+    atomic_write_bytes(cached, data)
+    return files
+
+
+def _write(path: Path, data: bytes) -> None:
+    if not (path.is_file() and path.read_bytes() == data):
+        atomic_write_bytes(path, data)
+
+
+def _model_entry(path: Path) -> dict:
+    meta = onnx_metadata(onnx.load(path, load_external_data=False))
+    accuracy = meta.get("test_accuracy")
+    return {
+        "name": meta.get("model", path.stem),
+        "file": path.name,
+        "test_accuracy": accuracy and float(accuracy),
+    }
+
+
+def build(web_dir: Path, models: list[Path], ort_files: dict[str, bytes]) -> Path:
+    """Write or update the page in `web_dir`, file by file, each atomically: the page, onnxruntime-web, copies of
+    the verified `models` (.onnx) and models.json, which lists every .onnx in the folder, the most accurate
+    first (models exported there earlier stay on the picker)."""
+    web_dir.mkdir(exist_ok=True)
+    for path in sorted(PAGE.iterdir()):
+        _write(web_dir / path.name, path.read_bytes())
+    for name, data in ort_files.items():
+        _write(web_dir / name, data)
+    for model in models:
+        _write(web_dir / model.name, model.read_bytes())
+    entries = [_model_entry(p) for p in sorted(web_dir.glob("*.onnx")) if not p.name.endswith(".int8.onnx")]
+    entries.sort(key=lambda e: -(e["test_accuracy"] or 0))
+    write_json(web_dir / "models.json", {"models": entries, "onnxruntime_web": ORT_WEB_VERSION})
+    return web_dir
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files with fixed MIME types and the headers of a cross-origin isolated page; logs only failures."""
+
+    extensions_map = {
+        ".html": "text/html; charset=utf-8",
+        ".js": "text/javascript",
+        ".mjs": "text/javascript",
+        ".json": "application/json",
+        ".wasm": "application/wasm",
+        ".onnx": "application/octet-stream",
+        ".png": "image/png",
+    }
+
+    def end_headers(self) -> None:
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cache-Control", "no-cache")  # a page or model exported again shows at the next load
+        super().end_headers()
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if str(code).isdigit() and int(code) >= 400:
+            super().log_request(code, size)
+
+
+def page_dir(directory: str | Path) -> Path:
+    """The folder holding index.html: `directory` itself or its web/ (the --out folder of an export)."""
+    directory = Path(directory).expanduser()
+    for candidate in (directory, directory / "web"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    raise UserError(f"{directory} holds no page (index.html); write one with: python -m export lenet --web")
+
+
+def server(directory: str | Path, port: int = DEFAULT_PORT) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for the page in `directory` on 127.0.0.1:`port` (0: any free port), not yet serving."""
+    handler = partial(Handler, directory=str(page_dir(directory)))
+    try:
+        return http.server.ThreadingHTTPServer((HOST, port), handler)
+    except OSError as e:
+        raise UserError(
+            f"cannot listen on {HOST}:{port} ({e.strerror or e}); choose another --port"
+        ) from None
+
+
+def serve(directory: str | Path, port: int = DEFAULT_PORT) -> int:
+    """python -m export serve: serve the page until Ctrl-C."""
+    root = page_dir(directory)
+    httpd = server(root, port)
+    out.print(f"serving {root} on http://{HOST}:{httpd.server_port}/ (Ctrl-C stops it)", highlight=False)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        err.print("stopped")
+    finally:
+        httpd.server_close()
+    return 0
