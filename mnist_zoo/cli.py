@@ -31,7 +31,13 @@ import torch
 from rich.table import Table
 
 from mnist_zoo import compare, crossval, data, plots, predict
-from mnist_zoo.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoint, read_checkpoint
+from mnist_zoo.checkpoint import (
+    check_target,
+    checkpoint_dir,
+    checkpoint_path,
+    load_checkpoint,
+    read_checkpoint,
+)
 from mnist_zoo.cpu import set_threads
 from mnist_zoo.models import list_models, model_info
 from mnist_zoo.runs import RunStore, report_dir, stratified_subset
@@ -46,7 +52,16 @@ from mnist_zoo.train import (
     recipe_for,
     steps_for,
 )
-from mnist_zoo.util import UserError, environment, err, guarded, out, resolve_device, write_json
+from mnist_zoo.util import (
+    UserError,
+    check_output_dir,
+    environment,
+    err,
+    guarded,
+    out,
+    resolve_device,
+    write_json,
+)
 
 PROG = "mnist-zoo" if Path(sys.argv[0]).name == "mnist-zoo" else "python -m mnist_zoo"
 # Options that `evaluate` honours only with --seeds (without it, evaluate scores the saved checkpoint).
@@ -135,6 +150,8 @@ def _training(p: argparse.ArgumentParser, study: bool = False, evaluate: bool = 
         add("--lr", type=float, help="override the recipe's peak learning rate")
         streams = "slices of each batch trained at once on a CPU, each on its own thread (default: one per"
         add("--streams", type=int, help=f"{streams} thread while a slice keeps 128 images; 1 = plain steps)")
+        replace = "save even when this run is less accurate than the checkpoint it replaces (default: keep"
+        add("--replace", action="store_true", default=False, help=f"{replace} the more accurate one)")
         return
     add("--train-size", type=int, metavar="N", help="train on a stratified subset of N training images")
     add("--report-dir", help="JSON and pictures go here (default: $MNIST_ZOO_REPORTS or reports/)")
@@ -143,8 +160,11 @@ def _training(p: argparse.ArgumentParser, study: bool = False, evaluate: bool = 
 
 
 def _setup(args: argparse.Namespace) -> torch.device:
+    """The device, then the threads (which may print a note on a busy machine): call it once the input is checked,
+    so that bad input is one line, before any note."""
+    device = resolve_device(args.device)
     set_threads(args.threads)
-    return resolve_device(args.device)
+    return device
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -154,13 +174,21 @@ def _progress(args: argparse.Namespace) -> bool:
 # --- all, train, evaluate, list, data -------------------------------------------------------------------------
 
 
-def _fit(name: str, args: argparse.Namespace, device: torch.device, checkpoint: str | None = None) -> dict:
-    recipe = recipe_for(name, args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+def _fit_all(names: list[str], args: argparse.Namespace, checkpoint: str | None = None) -> list[dict]:
+    """Train and save `names`, after checking every input and output path: bad input never costs a training."""
+    recipes = {
+        n: recipe_for(n, args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+        for n in names
+    }
     if args.streams is not None and args.streams < 1:
         raise UserError(f"--streams must be at least 1, got {args.streams}")
+    for name in names:
+        check_target(checkpoint or checkpoint_path(name), name, explicit=checkpoint is not None)
     train_split, test_split = data.load("train", args.data_dir), data.load("test", args.data_dir)
+    device = _setup(args)
     options = dict(seed=args.seed, device=device, streams=args.streams, checkpoint=checkpoint)
-    return fit(name, recipe, train_split, test_split, progress=_progress(args), **options)
+    options.update(progress=_progress(args), replace_better=args.replace)
+    return [fit(name, recipes[name], train_split, test_split, **options) for name in names]
 
 
 def _results_table(records: list[dict]) -> Table:
@@ -183,8 +211,7 @@ def _results_table(records: list[dict]) -> Table:
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    device = _setup(args)
-    records = [_fit(name, args, device) for name in list_models()]
+    records = _fit_all(list_models(), args)
     if args.json:
         print(json.dumps({"results": records}))
         return 0
@@ -197,12 +224,13 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     model_info(args.model)
-    record = _fit(args.model, args, _setup(args), args.checkpoint)
+    [record] = _fit_all([args.model], args, args.checkpoint)
     if args.json:
         print(json.dumps(record))
         return 0
     out.print(_results_table([record]))
-    out.print(f"checkpoint {record['checkpoint']}", highlight=False)
+    kept = "" if record["saved"] else f" (kept: more accurate, {record['previous_accuracy']:.2%})"
+    out.print(f"checkpoint {record['checkpoint']}{kept}", highlight=False)
     return 0
 
 
@@ -213,9 +241,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if given:
         why = "only apply with --seeds N (retraining); plain evaluate scores the saved checkpoint"
         raise UserError(f"{', '.join(given)} {why}")
-    device = _setup(args)
     model, meta = load_checkpoint(args.model)
     test_split = data.load("test", args.data_dir)
+    device = _setup(args)
     ev = evaluate(model.to(device), test_split)
     confusion = confusion_matrix(ev.predictions, test_split.labels)
     per_class = (confusion.diag().float() / confusion.sum(1).float()).tolist()
@@ -257,7 +285,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 meta = read_checkpoint(name)["meta"]
                 row.update(trained=True, test_accuracy=meta.get("test_accuracy"), recipe=meta.get("recipe"))
             except UserError as e:
-                row.update(error=str(e))
+                row.update(error=str(e), problem=getattr(e, "problem", "damaged"))
         rows.append(row)
     if args.json:
         print(json.dumps({"models": rows}))
@@ -266,8 +294,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for col in ("model", "params", "multiply-adds", "trained", "test accuracy"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
-        acc = f"{r['test_accuracy']:.2%}" if r["test_accuracy"] is not None else "-"
-        trained = "damaged" if "error" in r else ("yes" if r["trained"] else "no")
+        acc = f"{r['test_accuracy']:.2%}" if isinstance(r["test_accuracy"], float | int) else "-"
+        trained = r.get("problem") or ("yes" if r["trained"] else "no")
         t.add_row(r["model"], f"{r['params']:,}", f"{r['macs']:,}", trained, acc)
     out.print(t)
     for r in rows:
@@ -326,6 +354,13 @@ def _interval(s: dict) -> str:
     return "needs 2+ runs" if s["ci_low"] is None else f"{s['ci_low'] * 100:.2f}-{s['ci_high']:.2%}"
 
 
+def _reports(args: argparse.Namespace) -> Path:
+    """The report folder, checked writable before any training (the runs are saved there as they finish)."""
+    folder = report_dir(args.report_dir)
+    what = f"--report-dir {folder}" if args.report_dir else f"report folder {folder}"
+    return check_output_dir(folder, what, parents=True)
+
+
 def _note_reused(store: RunStore) -> None:
     if store.reused:
         err.print(f"reused {store.reused} saved run(s) from {store.directory} (--fresh retrains them)")
@@ -333,9 +368,10 @@ def _note_reused(store: RunStore) -> None:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     recipe = recipe_for(args.model, args.recipe, epochs=args.epochs)
-    device = _setup(args)
+    folder = _reports(args)
     split, subset = _training_data(args)
-    folder = report_dir(args.report_dir)
+    crossval.stratified_folds(split.labels, args.folds)  # a bad --folds is one line, before _setup's notes
+    device = _setup(args)
     summary_path, stem = folder / f"cv-{args.model}.json", folder / f"cv-{args.model}"
     store = RunStore(folder, fresh=args.fresh)
     options = dict(folds=args.folds, seed=args.seed, device=device, store=store, subset=subset)
@@ -393,10 +429,11 @@ def _studies(args: argparse.Namespace, models: list[str], n_seeds: int) -> tuple
     recipes = {m: recipe_for(m, args.recipe or "default", epochs=args.epochs) for m in models}
     first = args.seed or 0
     seeds = list(range(first, first + n_seeds))
-    device = _setup(args)
+    folder = _reports(args)
     train, subset = _training_data(args)
     test = data.load("test", args.data_dir)
-    store = RunStore(report_dir(args.report_dir), fresh=bool(args.fresh))
+    device = _setup(args)
+    store = RunStore(folder, fresh=bool(args.fresh))
     total = sum(steps_for(len(train), recipes[m]) * n_seeds for m in models)
     studies, predictions = [], []
     try:
@@ -515,6 +552,8 @@ def _p(p: float | None) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit status 0 when every file was answered, 1 when any file could not be read (the rest still are)."""
+    if args.save_prepared:
+        _reports(args)
     device = _setup(args)
     if args.model in list_models():  # its checkpoint, trained first with the default recipe if missing
         model, meta = ensure_trained(args.model, data_dir=args.data_dir, progress=not args.json)
@@ -530,17 +569,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         title = f"what {meta['model']} was given: 28x28, MNIST-style (file, digit, probability)"
         images = [p.image for _, p in good]
         _draw(args, record, lambda: {"inputs": plots.digit_grid(images, captions, name, title)})
+    for r in results:  # a failed file is one line on stderr, with --json too (never wrapped)
+        if not r["ok"]:
+            print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
+        elif not args.json:
+            unsure = "  (unsure)" if r["probability"] < 0.5 else ""
+            out.print(f"{r['file']}: [bold]{r['digit']}[/] ({r['probability']:.1%}){unsure}", highlight=False)
     if args.json:
         print(json.dumps(record))
     else:
-        for r in results:
-            if r["ok"]:
-                unsure = "  (unsure)" if r["probability"] < 0.5 else ""
-                out.print(
-                    f"{r['file']}: [bold]{r['digit']}[/] ({r['probability']:.1%}){unsure}", highlight=False
-                )
-            else:
-                print(f"error: {r['file']}: {r['error']}", file=sys.stderr)  # one line, never wrapped
         _print_files(record)
     return 0 if len(good) == len(results) else 1
 
