@@ -9,6 +9,13 @@ python -m bench check --update-baseline              # after an intended change:
 
 from __future__ import annotations
 
+# Run as `python -m bench`, this file imports itself again as a plain module under mnist_zoo.launch's guard, so
+# that Ctrl-C during the imports below (torch: seconds) also ends in one line and exit code 130.
+if __name__ == "__main__":
+    import mnist_zoo.launch
+
+    mnist_zoo.launch.run("bench.__main__")
+
 import argparse
 import sys
 from pathlib import Path
@@ -72,7 +79,3 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return guarded(lambda: run(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

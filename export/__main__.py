@@ -1,7 +1,5 @@
 """python -m export --help"""
 
-import sys
+from mnist_zoo.launch import run
 
-from export.cli import main
-
-sys.exit(main())
+run("export.cli")

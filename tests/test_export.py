@@ -138,7 +138,7 @@ def test_tampered_onnx_is_refused(onnx_files, tmp_path):
     _flip_weight_byte(onnx_files["lenet"], tampered)
     # onnxruntime alone runs the tampered file
     onnxruntime.InferenceSession(str(tampered), providers=["CPUExecutionProvider"])
-    with pytest.raises(UserError, match="modified after export"):
+    with pytest.raises(UserError, match="modified after export.*catches accidental changes, not deliberate"):
         verify.ort_session(tampered)
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(onnx_files["lenet"].read_bytes()[:5000])
@@ -166,7 +166,7 @@ def test_tampered_torchscript_is_refused(small_trained, tmp_path):
     with torch.no_grad():
         next(iter(module.parameters()))[0, 0] += 1.0
     torch.jit.save(module, str(tmp_path / "edited.pt"), _extra_files=extra)  # the old digest, new weights
-    with pytest.raises(UserError, match="modified after export"):
+    with pytest.raises(UserError, match="modified after export.*catches accidental changes, not deliberate"):
         load_torchscript(tmp_path / "edited.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="not a readable TorchScript file"):
@@ -310,7 +310,11 @@ def test_results_table_reads_at_80_columns():
     [
         (["resnet", "--onnx"], "unknown model 'resnet'; choose from mlp, dnn, lenet"),
         (["lenet", "--onnx", "--out", "{tmp}/missing/deeper"], "parent directory"),
-        (["lenet", "--onnx", "--out", "{tmp}/file"], "is not a directory"),
+        (["lenet", "--onnx", "--out", "{tmp}/file"], "is a file, not a directory"),
+        (
+            ["lenet", "--onnx", "--out", "{tmp}/file/sub"],
+            "--out {tmp}/file/sub: {tmp}/file is a file, not a directory",
+        ),
         (["lenet", "--onnx", "--opset", "99"], "cannot produce opset 99"),
         (["lenet", "--torchscript", "--opset", "18"], "--opset applies to ONNX"),
         (["lenet", "--onnx", "--threads", "0"], "--threads must be at least 1"),
@@ -319,6 +323,7 @@ def test_results_table_reads_at_80_columns():
 def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    message = message.replace("{tmp}", str(tmp_path))
     assert cli.main([*argv, "--out", str(tmp_path / "out")] if "--out" not in argv else argv) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("error: ")
@@ -329,7 +334,8 @@ def test_cli_damaged_checkpoint(tmp_path, capsys):
     (checkpoint_dir() / "lenet.pt").write_bytes(b"\x00garbage")
     assert cli.main(["lenet", "--onnx", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "not a readable checkpoint" in err and err.count("\n") == 1
+    assert "is not a checkpoint" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # a failed export leaves no empty --out behind
 
 
 def test_cli_trains_a_missing_model_first(tmp_path, capsys, monkeypatch):

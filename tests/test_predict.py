@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from mnist_zoo import predict
 from mnist_zoo.checkpoint import save_checkpoint
 from mnist_zoo.cli import main
 from mnist_zoo.data import normalize
-from mnist_zoo.predict import ImageError, predict_files, prepare, prepare_array
+from mnist_zoo.predict import MAX_PIXELS, WORK_SIDE, ImageError, predict_files, prepare, prepare_array
 
 
 def _seven(size=(300, 400), ink=(20, 20, 30), paper=(245, 240, 230), mode="RGB") -> Image.Image:
@@ -148,7 +152,8 @@ def test_predict_command_json(tmp_path, small_trained, test_split, capsys):
     code = main(
         ["predict", str(ckpt), *files, "--json", "--save-prepared", "--report-dir", str(tmp_path / "reports")]
     )
-    record = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
     assert code == 1  # one file failed; the other was still answered
     assert record["schema"] == "mnist-zoo/predict/1" and record["model"] == "lenet"
     ok, bad = record["results"]
@@ -157,6 +162,7 @@ def test_predict_command_json(tmp_path, small_trained, test_split, capsys):
         ok["ok"] and isinstance(ok["digit"], int) and 0 <= ok["digit"] <= 9 and len(ok["probabilities"]) == 10
     )
     assert bad == {"file": str(tmp_path / "empty.jpg"), "ok": False, "error": "empty file (0 bytes)"}
+    assert f"error: {tmp_path / 'empty.jpg'}: empty file (0 bytes)\n" in captured.err  # stderr too
     assert {"torch_version", "threads", "device"} <= set(record)
     with Image.open(record["plots"]["inputs"]) as img:
         assert img.format == "PNG"
@@ -174,3 +180,48 @@ def test_predict_command_text_and_zoo_name(tmp_path, small_trained, test_split, 
     assert "two.png: " in captured.out and "%" in captured.out
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "x.txt: not an image file" in errors[0]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height (grey, 8 bits) and holds no pixels: what a decompression bomb shows
+    before it is decoded."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [12_000, 20_000, 100_000])
+def test_images_over_the_pixel_limit_are_refused_from_their_header(side, tmp_path):
+    """Past MAX_PIXELS: one line before any decoding, and none of Pillow's DecompressionBomb warnings."""
+    assert side * side > MAX_PIXELS
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header(side, side))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        megapixels = f"{side * side / 1e6:,.0f} megapixels; the limit is 100: scale it down first"
+        with pytest.raises(ImageError, match=f"image too large: .*{megapixels}"):
+            prepare(path)
+
+
+def test_a_large_allowed_image_is_decoded_reduced(tmp_path, monkeypatch):
+    """A 6,000 x 6,000 drawing (36 megapixels) is reduced before it is converted, and reads as the same digit
+    drawn small."""
+    big = _seven(size=(6_000, 6_000), mode="L")
+    big.save(tmp_path / "big.png")
+    big.save(tmp_path / "big.jpg", quality=90)
+    _seven(size=(900, 900), mode="L").save(tmp_path / "small.png")
+    del big
+    seen = []
+    to_grey = predict._to_grey
+    monkeypatch.setattr(predict, "_to_grey", lambda img: seen.append(img.size) or to_grey(img))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = {name: prepare(tmp_path / name) for name in ("big.png", "big.jpg", "small.png")}
+    assert all(max(size) <= WORK_SIDE for size in seen), seen
+    assert (results["big.png"].width, results["big.png"].height) == (6_000, 6_000)  # the file's own size
+    reference = results["small.png"].image.astype(int)
+    for name in ("big.png", "big.jpg"):
+        assert np.abs(results[name].image.astype(int) - reference).mean() < 6, name

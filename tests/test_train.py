@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import re
+import time
+import warnings
+
 import pytest
 import torch
 
-from mnist_zoo.checkpoint import load_checkpoint, save_checkpoint
+from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from mnist_zoo.cli import main
 from mnist_zoo.models import get_model
 from mnist_zoo.train import (
     TUTORIAL,
@@ -17,7 +25,7 @@ from mnist_zoo.train import (
     recipe_for,
     train,
 )
-from mnist_zoo.util import UserError
+from mnist_zoo.util import STALE_TMP_S, UserError, atomic_write_bytes
 
 
 def test_tutorial_recipe_is_the_tutorials_settings():
@@ -39,7 +47,7 @@ def test_recipe_overrides_and_errors():
         recipe_for("dnn", "fastest")
     with pytest.raises(UserError, match="--epochs must be at least 1"):
         recipe_for("dnn", epochs=0)
-    with pytest.raises(UserError, match="--lr must be positive"):
+    with pytest.raises(UserError, match="--lr must be a finite positive number"):
         recipe_for("dnn", lr=-1.0)
     with pytest.raises(UserError, match="unknown model"):
         recipe_for("vgg")
@@ -139,27 +147,142 @@ def test_checkpoint_round_trip(small_trained, tmp_path):
         load_checkpoint(path, expect_model="mlp")
 
 
-def test_damaged_checkpoints_are_clear_errors(small_trained, tmp_path):
+def test_damaged_checkpoints_say_what_is_wrong(small_trained, tmp_path):
+    """Each way a file can be wrong gets words a user can act on, not torch's internals."""
     _, meta, path = small_trained("mlp")
     good = path.read_bytes()
+    torch.save({"a": torch.ones(2)}, tmp_path / "old-format.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"format": "x"}, protocol=4))
     cases = {
-        "truncated.pt": good[: len(good) // 2],
-        "garbage.pt": b"not a checkpoint at all",
-        "empty.pt": b"",
+        "truncated.pt": (good[: len(good) // 2], "truncated or damaged"),
+        "cut-at-the-end.pt": (good[:-1], "truncated or damaged"),
+        "garbage.pt": (b"not a checkpoint at all", "not a checkpoint: not the zip archive"),
+        "random.pt": (os.urandom(4096).replace(b"PK", b"pk"), "not a checkpoint: not the zip archive"),
+        "empty.pt": (b"", "empty file"),
+        "old-format.pt": (None, "a bare pickle"),
+        "plain.pt": (None, "a bare pickle"),
     }
-    for name, blob in cases.items():
-        (tmp_path / name).write_bytes(blob)
-        with pytest.raises(UserError, match="not a readable checkpoint"):
-            load_checkpoint(tmp_path / name)
+    for name, (blob, message) in cases.items():
+        if blob is not None:
+            (tmp_path / name).write_bytes(blob)
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "error"
+            )  # torch's UserWarning about pickle protocols must not reach the user
+            with pytest.raises(UserError, match=message):
+                load_checkpoint(tmp_path / name)
     torch.save({"something": 1}, tmp_path / "foreign.pt")
     with pytest.raises(UserError, match="not an mnist-zoo checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
-    # the metadata says lenet but the weights are an mlp's
+    # the metadata says lenet but the weights are an mlp's: the message says how they differ
     save_checkpoint(get_model("mlp"), {**meta, "model": "lenet"}, tmp_path / "mismatch.pt")
-    with pytest.raises(UserError, match="weights do not fit model 'lenet'"):
+    with pytest.raises(
+        UserError,
+        match=r"do not fit a lenet model \(missing 0\.weight, .* \(\+5 more\); unexpected 1\.weight, 1\.bias\)",
+    ):
         load_checkpoint(tmp_path / "mismatch.pt")
+    state = {k: v.clone() for k, v in get_model("mlp").state_dict().items()}
+    state["1.weight"] = torch.zeros(10, 100)
+    torch.save({"format": "mnist-zoo/checkpoint/1", "meta": meta, "state_dict": state}, tmp_path / "shape.pt")
+    with pytest.raises(UserError, match=r"\(1\.weight is \[10, 100\], not \[10, 784\]\)"):
+        load_checkpoint(tmp_path / "shape.pt")
     with pytest.raises(UserError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_non_finite_weights_are_refused(small_trained, tmp_path):
+    model, meta, _ = small_trained("mlp")
+    broken = get_model("mlp")
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken[1].weight[3, 5] = float("nan")
+    save_checkpoint(broken, meta, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match=r"non-finite weights \(NaN or infinity in 1\.weight\).*diverged"):
+        load_checkpoint(tmp_path / "nan.pt")
+
+
+def _saved_mlp(small_trained) -> bytes:
+    """The small trained mlp as the zoo's mlp.pt (the isolated checkpoint directory of the test)."""
+    _, meta, path = small_trained("mlp")
+    target = checkpoint_path("mlp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(path.read_bytes())
+    return target.read_bytes()
+
+
+def test_diverged_training_stops_early_and_keeps_the_checkpoint(small_trained, capsys):
+    before = _saved_mlp(small_trained)
+    assert main(["train", "mlp", "--lr", "1e35", "--epochs", "1", "--threads", "1", "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: mlp diverged at step ") and err.count("\n") == 1, err
+    step = int(re.search(r"at step ([\d,]+) of ([\d,]+)", err).group(1))
+    assert step <= 10, err  # stopped at the first check, not after 4,690 steps of NaN
+    assert (
+        "learning rate 1e+35 is too high (train --lr sets a lower one)" in err and "nothing was saved" in err
+    )
+    assert checkpoint_path("mlp").read_bytes() == before
+    assert main(["train", "mlp", "--lr", "inf"]) == 1
+    assert "--lr must be a finite positive number, got inf" in capsys.readouterr().err
+
+
+def test_a_worse_run_keeps_the_better_checkpoint(small_trained, capsys):
+    before = _saved_mlp(small_trained)
+    previous = load_checkpoint("mlp")[1]["test_accuracy"]
+    worse = [
+        "train",
+        "mlp",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-6",
+        "--batch-size",
+        "1000",
+        "--threads",
+        "1",
+        "--json",
+    ]
+    assert main(worse) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert record["saved"] is False and record["previous_accuracy"] == pytest.approx(previous)
+    assert record["test_accuracy"] < previous and checkpoint_path("mlp").read_bytes() == before
+    assert f"{previous:.2%}" in captured.err and f"{record['test_accuracy']:.2%}" in captured.err
+    assert "--replace" in captured.err
+    assert main([*worse, "--replace"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["saved"] is True and load_checkpoint("mlp")[1]["test_accuracy"] == record["test_accuracy"]
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+
+
+def test_stale_temporary_files_of_killed_writers_are_cleaned(tmp_path):
+    """Only atomic_write's own leftovers (.NAME.PID.XXXXXXXX.tmp), only when old and their writer is gone."""
+    old = time.time() - STALE_TMP_S - 60
+    files = {
+        f".mlp.pt.{_dead_pid()}.abcd1234.tmp": (old, False),  # stale: old, its writer is dead
+        ".mlp.pt.k2j4h5g6.tmp": (old, False),  # stale, named before writers put their pid in the name
+        f".dnn.pt.{_dead_pid()}.abcd1234.tmp": (old, False),  # another name of ours in the same directory
+        f".mlp.pt.{_dead_pid()}.zzzz9999.tmp": (time.time(), True),  # recent: may still be written
+        f".mlp.pt.{os.getpid()}.abcd1234.tmp": (old, True),  # its writer is alive
+        ".notes.tmp": (old, True),  # not ours
+        "mlp.pt.tmp": (old, True),  # not ours
+    }
+    for name, (mtime, _) in files.items():
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    atomic_write_bytes(tmp_path / "mlp.pt", b"new")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"mlp.pt"} | {name for name, (_, kept) in files.items() if kept}
 
 
 class _Evil:
@@ -167,12 +290,13 @@ class _Evil:
         return (print, ("code ran",))
 
 
-def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path):
+def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path, capfd):
     """weights_only=True: a pickle that would run code is refused, not executed."""
     path = tmp_path / "evil.pt"
     torch.save({"format": "mnist-zoo/checkpoint/1", "meta": {"model": "mlp"}, "state_dict": _Evil()}, path)
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="refused, as unpickling them could run code"):
         load_checkpoint(path)
+    assert "code ran" not in capfd.readouterr().out
 
 
 def test_save_is_atomic_and_leaves_no_temporary_files(small_trained, tmp_path):
