@@ -558,7 +558,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model, meta = ensure_trained(args.model, data_dir=args.data_dir, progress=not args.json)
     else:
         model, meta = load_checkpoint(args.model)
-    _idle_threads(args)
     results, prepared = predict.predict_files(model.to(device), args.files)
     record = {"schema": "mnist-zoo/predict/1", "command": "predict", "model": meta["model"]}
     record.update(checkpoint=str(checkpoint_path(args.model)), results=results, **environment(device))
