@@ -15,6 +15,8 @@ runtime of each batch and thread count is starred; a row whose spread (IQR / med
 marked "noisy" (its figures moved while it was measured), and a row during which other processes used more
 than CONTENDED of the CPUs' time is marked "contended" (its times are the machine's load, not its speed). No
 target is called met from a contended row, nor from a ratio whose reference row is contended or collapsed.
+Beside them: the deployment costs of each runtime and model (artifact size, cold start, peak memory; their own
+contention marks the cold start), and, when a run measured several thread counts, the fastest per runtime.
 """
 
 from __future__ import annotations

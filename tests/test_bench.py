@@ -552,3 +552,11 @@ def test_compare_puts_the_two_newest_saved_runs_side_by_side(tmp_path, capsys, m
     assert "50 µs" in line and "100 µs" in line and "0.50x" in line  # half as fast now
     assert bench_main(["compare", "0009"]) == 1
     assert "no saved run matches '0009'" in capsys.readouterr().err
+
+
+def test_a_baseline_requires_no_floor_of_an_optional_runtime():
+    rows = run_rows() + [accuracy("lenet", "openvino", 0.991), accuracy("lenet", "openvino-int8", 0.99)]
+    fresh = check.metrics(rows)
+    assert "accuracy/lenet/openvino" in fresh  # judged when it ran
+    required = check.make_baseline(fresh, {})["required"]
+    assert "accuracy/lenet/ort-int8" in required and not [n for n in required if "openvino" in n]
