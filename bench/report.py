@@ -417,7 +417,7 @@ def deployment_table(rows: list[dict]) -> Table | None:
             f"same processes after a batch of {how['peak_batch']}"
         )
     else:
-        t.caption += "; cold start and peak memory are measured in full runs, not in --bench-quick"
+        t.caption += "; cold start and peak memory not measured (--bench-deploy-runs 0, or --bench-quick)"
     return t
 
 

@@ -49,10 +49,8 @@ ARTIFACT_KIND = {
     "openvino": "onnx",
     "openvino-int8": "onnx-int8",
 }
-EXTRA_RUNTIMES = {
-    "openvino",
-    "openvino-int8",
-}  # need more than the test install: pip install 'mnist-zoo[openvino]'
+# Runtimes that need more than the test install (pip install 'mnist-zoo[openvino]'); CI's has not got them.
+EXTRA_RUNTIMES = {"openvino", "openvino-int8"}
 OPTIONAL_PACKAGES = {"onnx", "onnxruntime", "onnxscript"}  # missing ones make a runtime absent, not broken
 INSTALL_HINT = "pip install 'mnist-zoo[export]'"
 # OpenVINO's THROUGHPUT hint runs one stream per thread; the benchmark's call cuts its batch into one slice
