@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from bench import coldstart, machine, report
+from bench.plugin import DEPLOY_RUNS
 from bench.runtimes import Exports, artifact
 from mnist_zoo import cpu, data
 from mnist_zoo.models import get_model
@@ -34,7 +35,6 @@ from mnist_zoo.targets import TARGET_ACCURACY
 from mnist_zoo.util import UserError, cpu_name, device_name
 
 QUICK_BUDGET_S = 0.3  # seconds of timed calls per latency row in --bench-quick (full: --benchmark-max-time)
-DEPLOY_RUNS = 3  # fresh processes per runtime x model for cold start and peak memory (quick: none)
 SEED = 0
 DEFAULT_COLUMNS = ["min", "max", "mean", "stddev", "median", "iqr", "outliers", "ops", "rounds", "iterations"]
 # Evaluations per epoch in time-to-accuracy runs: the resolution of the time, against the cost of evaluating.
@@ -56,40 +56,6 @@ class Options:
 
 OPTIONS = pytest.StashKey[Options]()
 NOT_RUN = pytest.StashKey[int]()  # benchmarks deselected by --benchmark-skip (the default addopts)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("mnist-zoo benchmarks")
-    group.addoption(
-        "--bench-threads",
-        metavar="N[,M...]",
-        help="threads for every runtime (torch, ORT and OpenVINO); a list runs each; all: 1 to the CPUs "
-        "available (default: the idle CPUs)",
-    )
-    group.addoption(
-        "--bench-train-threads",
-        type=int,
-        metavar="N",
-        help="torch threads for the training rows, zoo and tutorial alike (default: the idle CPUs)",
-    )
-    group.addoption(
-        "--bench-device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="auto: cpu rows, plus cuda rows (skipped with the reason when absent) (default: auto)",
-    )
-    group.addoption(
-        "--bench-quick",
-        action="store_true",
-        help="the CI subset: short timings, no torch.compile, models trained in-run to their target",
-    )
-    group.addoption(
-        "--bench-deploy-runs",
-        type=int,
-        metavar="N",
-        help="fresh processes per runtime and model timing the cold start and peak memory; 0 skips them "
-        f"(default: {DEPLOY_RUNS}; --bench-quick: 0; torch.compile: at most 1, it compiles in each)",
-    )
 
 
 def _threads(value: str | None, idle: int) -> tuple[int, ...]:
