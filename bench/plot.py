@@ -166,7 +166,7 @@ def deployment(doc: dict, rows: list[dict], path: Path) -> Path:
                 r = found.get((model, runtime))
                 if r is None or r.get(field) is None:
                     continue
-                busy = field != "artifact_bytes" and contended(r["deployment"])
+                busy = field == "cold_start_s" and contended(r["deployment"])  # memory, size: load-free
                 x, value = j + (i - (len(runtimes) - 1) / 2) * width, r[field] / scale
                 ax.bar(x, value, width, color=COLOURS[runtime], hatch="///" if busy else None)
                 label = f"{value:.2g}" if value < 10 else f"{value:,.0f}"
