@@ -81,6 +81,7 @@ def test_latency(
         eager_x = eager.prepare(normalize(test_split.images[:batch]))
         reference = partial(eager.run, eager_x)
     options = dict(batch=batch, budget_s=budget_s, min_rounds=min_rounds, reference=reference)
+    options["settle_s"] = timing.SETTLE_S if threads > 1 and reference else 0.0  # pools that spin: timing.py
     stats = timing.measure(benchmark, lambda: predictor.run(x), **options)
     new_row(
         "inference",

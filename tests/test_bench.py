@@ -346,6 +346,16 @@ def test_interleaved_measure_gives_the_paired_speedup():
     )
     assert 3 < stats["speedup_paired"] < 4.5 and stats["reference_p50_s"] >= 0.004
     assert "segments" in stats["pairing"]
+    # settling (multi-threaded rows): a pause and an untimed call before each side's segment, same ratio
+    settled = timing.measure(
+        FakeBenchmark(),
+        lambda: time.sleep(0.001),
+        batch=1,
+        budget_s=0.1,
+        reference=lambda: time.sleep(0.004),
+        settle_s=0.01,
+    )
+    assert 3 < settled["speedup_paired"] < 4.5 and settled["settle_s"] == 0.01
 
 
 def test_runtimes_agree_and_absent_ones_say_why(tmp_path):
