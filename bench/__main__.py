@@ -1,7 +1,11 @@
-"""python -m bench {report,check}: the benchmark's tables from a saved run, and the CI regression check.
+"""python -m bench {report,plot,compare,check}: a saved run's tables and pictures, two runs side by side, and
+the CI regression check.
 
 pytest --benchmark-only --benchmark-json run.json   # run the benchmarks (tables at the end)
 python -m bench report run.json                      # the same tables from the saved file
+python -m bench plot run.json                        # its pictures: reports/bench/*.png
+pytest --benchmark-only --benchmark-autosave         # (twice) runs saved in .benchmarks/
+python -m bench compare                              # the two newest saved runs side by side: what changed
 python -m bench check                                # quick run vs bench/baseline.json; exit 1 on regression,
                                                      # 75 when the machine was too busy to measure ratios
 python -m bench check --update-baseline              # after an intended change: rewrite the baseline
@@ -20,10 +24,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import check, report
-from mnist_zoo.util import UserError, guarded
+from bench import check, history, plot, report
+from mnist_zoo.util import UserError, guarded, out
 
 REPORT_EXAMPLE = "example: python -m bench report .benchmarks/Linux-CPython-3.12-64bit/0001_run.json"
+PLOT_EXAMPLE = "example: python -m bench plot run.json --out docs"
+COMPARE_EXAMPLES = """examples:
+  pytest --benchmark-only --benchmark-autosave    # run this (at least) twice, then:
+  python -m bench compare                         # the two newest saved runs
+  python -m bench compare 0001 run.json           # a saved run number, or any results file"""
 CHECK_EXAMPLES = """examples:
   python -m bench check
   python -m bench check --results run.json
@@ -38,6 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
     what = "print the tables of a saved run (--benchmark-json or autosave file)"
     p = sub.add_parser("report", help=what, epilog=REPORT_EXAMPLE)
     p.add_argument("file", help="a pytest-benchmark JSON file written by `pytest bench --benchmark-only ...`")
+    p.add_argument("--width", type=int, help="table width in characters (default: the terminal's)")
+
+    what = "write the pictures of a saved run (latency, threads, deployment) as PNG files"
+    p = sub.add_parser("plot", help=what, description=plot.__doc__, epilog=PLOT_EXAMPLE, formatter_class=fmt)
+    p.add_argument("file", help="a pytest-benchmark JSON file with mnist-zoo rows")
+    p.add_argument(
+        "--out", type=Path, default=plot.OUT, help=f"folder for the PNG files (default: {plot.OUT})"
+    )
+
+    what = "two runs side by side with the change of each figure (default: the two newest autosaved)"
+    p = sub.add_parser(
+        "compare", help=what, description=history.__doc__, epilog=COMPARE_EXAMPLES, formatter_class=fmt
+    )
+    p.add_argument("runs", nargs="*", metavar="RUN", help="then [now]: a results file or a saved run number")
+    p.add_argument(
+        "--storage",
+        type=Path,
+        default=history.STORAGE,
+        help="pytest-benchmark's storage (default: .benchmarks)",
+    )
     p.add_argument("--width", type=int, help="table width in characters (default: the terminal's)")
 
     what = "quick benchmark run compared with the baseline; exit 1 on regression"
@@ -67,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.command == "report":
         report.render(report.load(args.file), sys.stdout, width=args.width, color=sys.stdout.isatty())
+        return 0
+    if args.command == "plot":
+        for path in plot.plot_run(args.file, args.out):
+            out.print(str(path), highlight=False, soft_wrap=True)
+        return 0
+    if args.command == "compare":
+        if len(args.runs) > 2:
+            raise UserError(f"compare takes at most two runs (then, now), got {len(args.runs)}")
+        history.compare(args.runs, args.storage, report.make_console(sys.stdout, args.width))
         return 0
     if args.tolerance is not None and not 0 <= args.tolerance < 1:
         raise UserError(f"--tolerance is a fraction in [0, 1), got {args.tolerance}")

@@ -2,6 +2,7 @@
 
     pytest --benchmark-only                                   # everything (from the repo root)
     pytest --benchmark-only --bench-threads 1,2 -k inference  # does 1 thread beat 2?
+    pytest --benchmark-only --bench-threads all -k inference  # every thread count from 1 to the CPUs
     pytest --benchmark-only --bench-quick --benchmark-json out.json   # the CI subset (python -m bench check)
     python -m bench report out.json                           # the same tables from a saved file
 
@@ -10,6 +11,11 @@ machine fewer, said in the header), because a thread team on a core another proc
 operator. Full runs use the trained checkpoints (mnist_zoo.train.ensure_trained trains a missing one with the default
 recipe first). Quick runs (--bench-quick) use the models the training group trains in the same run until they
 reach their target accuracy, so CI never depends on a cached checkpoint and pays for training once.
+
+Deployment costs (the `deployment` fixture): each runtime x model's artifact size, and its cold start and peak
+memory in fresh processes (bench/coldstart.py: --bench-deploy-runs of them, 3 by default, 0 in --bench-quick;
+torch.compile, which compiles for tens of seconds in each, at most one), measured once per session and put in
+every row of that runtime and model.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from bench import machine, report
-from bench.runtimes import Exports
+from bench import coldstart, machine, report
+from bench.plugin import DEPLOY_RUNS
+from bench.runtimes import Exports, artifact
 from mnist_zoo import cpu, data
 from mnist_zoo.models import get_model
 from mnist_zoo.targets import TARGET_ACCURACY
@@ -40,6 +47,7 @@ class Options:
     train_threads: int  # training rows (the zoo's and the tutorial's main process)
     devices: tuple[str, ...]
     quick: bool
+    deploy_runs: int  # fresh processes per runtime x model for cold start and peak memory (0: not measured)
     budget_s: float  # timed seconds per latency row
     min_rounds: int
     busy: dict  # the machine when the session started: cpu.Contention.record() of a short sample
@@ -50,37 +58,11 @@ OPTIONS = pytest.StashKey[Options]()
 NOT_RUN = pytest.StashKey[int]()  # benchmarks deselected by --benchmark-skip (the default addopts)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("mnist-zoo benchmarks")
-    group.addoption(
-        "--bench-threads",
-        metavar="N[,M...]",
-        help="threads for every runtime (torch and ORT intra-op); a list runs each (default: the idle CPUs)",
-    )
-    group.addoption(
-        "--bench-train-threads",
-        type=int,
-        metavar="N",
-        help="torch threads for the training rows, zoo and tutorial alike (default: the idle CPUs)",
-    )
-    group.addoption(
-        "--bench-device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="auto: cpu rows, plus cuda rows (skipped with the reason when absent) (default: auto)",
-    )
-    group.addoption(
-        "--bench-quick",
-        action="store_true",
-        help="the CI subset: short timings, no torch.compile, models trained in-run to their target",
-    )
-
-
 def _threads(value: str | None, idle: int) -> tuple[int, ...]:
     if value in (None, ""):
         return (idle,)
     if value == "all":
-        return (len(cpu.affinity()),)
+        return tuple(range(1, max(1, int(cpu.available())) + 1))
     try:
         threads = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
     except ValueError:
@@ -98,6 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
     train_threads = config.getoption("--bench-train-threads")
     if train_threads is not None and train_threads < 1:
         raise pytest.UsageError(f"--bench-train-threads must be at least 1, got {train_threads}")
+    deploy_runs = config.getoption("--bench-deploy-runs")
+    if deploy_runs is not None and deploy_runs < 0:
+        raise pytest.UsageError(f"--bench-deploy-runs must be 0 or more, got {deploy_runs}")
     busy = cpu.sample()
     idle = cpu.default_threads(busy, quiet=True)
     most = max(1, min(cpu.TORCH_DEFAULT_THREADS, int(cpu.available())))
@@ -106,6 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
         train_threads=train_threads or idle,
         devices=("cpu", "cuda") if device == "auto" else (device,),
         quick=quick,
+        deploy_runs=(0 if quick else DEPLOY_RUNS) if deploy_runs is None else deploy_runs,
         budget_s=QUICK_BUDGET_S if quick else float(config.getoption("benchmark_max_time")),
         min_rounds=int(config.getoption("benchmark_min_rounds")),
         busy=busy.record(),
@@ -260,6 +246,30 @@ def exports(tmp_path_factory, train_split) -> Exports:
     except ModuleNotFoundError:  # onnxruntime absent: the int8 rows skip, but the other exports still work
         return Exports(tmp_path_factory.mktemp("exports"), None)
     return Exports(tmp_path_factory.mktemp("exports"), calibration_images(train_split))
+
+
+@pytest.fixture(scope="session")
+def deployment(bench_options: Options, exports: Exports):
+    """get(runtime, model, name) -> the deployment fields of every row of that runtime and model:
+    artifact_bytes, cold_start_s and peak_rss_mb (None when --bench-deploy-runs is 0) and how they were
+    measured (`deployment`). Measured once per session, at the largest thread count."""
+    cache: dict[tuple[str, str], dict] = {}
+
+    def get(runtime: str, model: torch.nn.Module, name: str) -> dict:
+        if (name, runtime) not in cache:
+            path = artifact(runtime, model, exports, name)
+            fields = {"artifact_bytes": path.stat().st_size}
+            runs = bench_options.deploy_runs
+            runs = min(runs, 1) if runtime == "compile" else runs
+            if runs:
+                fields.update(coldstart.measure(runtime, path, name, max(bench_options.threads), runs))
+            else:
+                note = "cold start and peak memory not measured (--bench-deploy-runs 0; --bench-quick)"
+                fields.update(cold_start_s=None, peak_rss_mb=None, deployment={"note": note})
+            cache[name, runtime] = fields
+        return cache[name, runtime]
+
+    return get
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from mnist_zoo.util import cpu_name, device_name
 
 def versions() -> dict:
     found = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("torchvision", "onnx", "onnxruntime", "numpy", "pytest_benchmark"):
+    for name in ("torchvision", "onnx", "onnxruntime", "openvino", "numpy", "pytest_benchmark"):
         try:
             found[name] = __import__(name).__version__
         except ImportError:

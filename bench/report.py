@@ -15,6 +15,8 @@ runtime of each batch and thread count is starred; a row whose spread (IQR / med
 marked "noisy" (its figures moved while it was measured), and a row during which other processes used more
 than CONTENDED of the CPUs' time is marked "contended" (its times are the machine's load, not its speed). No
 target is called met from a contended row, nor from a ratio whose reference row is contended or collapsed.
+Beside them: the deployment costs of each runtime and model (artifact size, cold start, peak memory; their own
+contention marks the cold start), and, when a run measured several thread counts, the fastest per runtime.
 """
 
 from __future__ import annotations
@@ -253,7 +255,7 @@ def header(machine: dict, rows: list[dict]) -> str:
             f"threads per runtime: {threads}; training threads: {machine.get('train_threads') or '?'}{quick}",
             f"[bold]load[/] {contention}{at_start}; {marked}",
             f"[bold]GPU[/] {machine.get('cuda') or 'none (CUDA rows skipped)'}; onnxruntime providers: {providers}",
-            f"[bold]versions[/] torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, onnx {v.get('onnx')}, python {v.get('python')}",
+            f"[bold]versions[/] torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, openvino {v.get('openvino')}, onnx {v.get('onnx')}, python {v.get('python')}",
         ]
     )
 
@@ -356,7 +358,7 @@ def inference_tables(rows: list[dict]) -> list[Table]:
         for batch in sorted({r["batch"] for r in mine}):
             t.add_section()
             group = matching(mine, batch=batch)
-            group.sort(key=lambda r: (r["threads"], RUNTIMES.index(r["runtime"])))
+            group.sort(key=lambda r: (r["threads"], list(LABELS).index(r["runtime"])))
             threads = {r["threads"] for r in group}
             fastest = [min(matching(group, threads=th), key=lambda r: r["p50_s"]) for th in threads]
             for r in group:
@@ -377,32 +379,97 @@ def inference_tables(rows: list[dict]) -> list[Table]:
     return tables
 
 
-def threads_lines(rows: list[dict]) -> list[str]:
-    """Per runtime, lenet's batch-1 p50 at each thread count measured (does 1 thread beat 2?), and every
-    collapse of PyTorch eager in words."""
-    lines = []
-    b1 = matching(rows, kind="inference", model="lenet", batch=1, device="cpu")
-    for runtime in dict.fromkeys(r["runtime"] for r in b1):
-        p50 = {r["threads"]: r["p50_s"] for r in matching(b1, runtime=runtime)}
-        if len(p50) > 1:
-            times = ", ".join(f"{th} thread(s) {fmt_time(s)}" for th, s in sorted(p50.items()))
-            best = min(p50, key=p50.get)
-            lines.append(f"lenet batch 1, {LABELS[runtime]}: p50 {times} -> fastest with {best}")
+def fmt_bytes(n: float | None, unit: str = "KiB") -> str:
+    return "-" if n is None else f"{n / 2 ** {'KiB': 10, 'MiB': 20}[unit]:,.0f} {unit}"
+
+
+def deployment_table(rows: list[dict]) -> Table | None:
+    """Per model and runtime: the artifact's size, the cold start and the peak memory of a fresh process."""
+    found: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        if r.get("kind") in ("inference", "accuracy") and r.get("artifact_bytes") is not None:
+            found.setdefault((r["model"], r["runtime"]), r)
+    if not found:
+        return None
+    t = Table(title="Deployment: what a fresh process pays before its first answer", title_justify="left")
+    for col in ("model", "runtime", "artifact", "cold start", "peak RSS"):
+        t.add_column(col, justify="left" if col in ("model", "runtime") else "right")
+    how: dict = {}
+    for model in dict.fromkeys(m for m, _ in found):
+        t.add_section()
+        for runtime in (rt for rt in LABELS if (model, rt) in found):
+            r = found[model, runtime]
+            d = r.get("deployment") or {}
+            how = how or (d if d.get("runs") else {})
+            busy = flags({"contention": d.get("contention")})
+            peak = None if r.get("peak_rss_mb") is None else r["peak_rss_mb"] * 2**20
+            cells = (
+                fmt_bytes(r["artifact_bytes"]),
+                ("-" if r.get("cold_start_s") is None else f"{r['cold_start_s']:.2f} s") + busy,
+                fmt_bytes(peak, "MiB"),
+            )
+            t.add_row(model, LABELS[runtime], *cells)
+    t.caption = "artifact: the file the runtime loads (PyTorch eager and torch.compile: the checkpoint)"
+    if how:
+        t.caption += (
+            f". Cold start: a new process from its start to its first answer (1 image), {how['threads']} "
+            f"thread(s), median of {how['runs']} (torch.compile: fewer; it compiles in each); peak RSS: the "
+            f"same processes after a batch of {how['peak_batch']}"
+        )
+    else:
+        t.caption += "; cold start and peak memory not measured (--bench-deploy-runs 0, or --bench-quick)"
+    return t
+
+
+def threads_table(rows: list[dict]) -> Table | None:
+    """Per runtime and model, the fastest thread count at batch 1 and at the largest batch, and its speed over
+    the fewest threads measured (shown when a run measured more than one thread count)."""
+    inference = matching(rows, kind="inference", device="cpu")
+    if len({r["threads"] for r in inference}) < 2:
+        return None
+    batches = sorted({min(r["batch"] for r in inference), max(r["batch"] for r in inference)})
+    models = list(dict.fromkeys(r["model"] for r in inference))
+    fewest = min(r["threads"] for r in inference)
+    t = Table(title="Threads: the fastest count per runtime", title_justify="left")
+    t.add_column("runtime")
+    for model in models:
+        for batch in batches:
+            t.add_column(f"{model} batch {batch}", justify="right")
+    t.caption = f"the thread count with the lowest p50, and its speed over {fewest} thread(s)"
+    for runtime in dict.fromkeys(r["runtime"] for r in inference):
+        cells = []
+        for model in models:
+            for batch in batches:
+                mine = matching(inference, runtime=runtime, model=model, batch=batch)
+                best = min(mine, key=lambda r: r["p50_s"], default=None)
+                base = first(mine, threads=fewest)
+                speed = ratio(base.get("p50_s"), best["p50_s"]) if best else None
+                cells.append(f"{best['threads']}  {fmt_x(speed)}{flags(best)}" if best else "-")
+        t.add_row(LABELS[runtime], *cells)
+    return t
+
+
+def collapse_lines(rows: list[dict]) -> list[str]:
+    """Every collapse of PyTorch eager, in words."""
     cases = dict.fromkeys((r["model"], r["device"], r["batch"]) for r in matching(rows, kind="inference"))
-    lines += [f"[yellow]{why}[/]" for case in cases if (why := collapsed(rows, *case))]
-    return lines
+    return [f"[yellow]{why}[/]" for case in cases if (why := collapsed(rows, *case))]
+
+
+def make_console(file: TextIO, width: int | None = None, color: bool | None = None) -> Console:
+    """A console for the tables: without colour (a file or a pipe), 140 columns rather than an 80-column wrap."""
+    color = file.isatty() if color is None else color
+    width = width or (None if color else 140)
+    return Console(file=file, width=width, force_terminal=color, no_color=not color, highlight=False)
 
 
 def render(doc: dict, file: TextIO, width: int | None = None, color: bool = False) -> None:
-    """Print every table of `doc` (a results document) to `file`; without colour (a file or a pipe), 140
-    columns rather than an 80-column wrap."""
-    width = width or (None if color else 140)
-    console = Console(file=file, width=width, force_terminal=color, no_color=not color, highlight=False)
+    """Print every table of `doc` (a results document) to `file`."""
+    console = make_console(file, width, color)
     rows = derive(rows_of(doc))
     console.print(header(machine_of(doc), rows))
-    summary = [accuracy_table(rows), training_table(rows), targets_table(rows)]
-    for table in [*summary, *inference_tables(rows)]:
+    summary = [accuracy_table(rows), training_table(rows), targets_table(rows), deployment_table(rows)]
+    for table in [*summary, threads_table(rows), *inference_tables(rows)]:
         if table is not None:
             console.print(table)
-    for line in threads_lines(rows):
+    for line in collapse_lines(rows):
         console.print(line)

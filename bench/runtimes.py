@@ -1,14 +1,17 @@
 """The runtimes a zoo model is benchmarked in, each wrapped as a Predictor with one timed call.
 
-    >>> p = build("ort-fp32", model, torch.device("cpu"), threads=2, exports=exports, name="lenet")
+    >>> p = build("ort-fp32", model, torch.device("cpu"), threads=2, exports=exports, name="lenet", batch=64)
     >>> x = p.prepare(batch)          # once: move the batch where the runtime wants it (numpy, GPU, ...)
     >>> p.run(x)                      # the timed call: inference and, on CUDA, synchronisation
     >>> p.logits(batch)               # CPU float32 logits, for the accuracy rows
 
 Every runtime gets the same thread count: torch.set_num_threads for eager, TorchScript and torch.compile;
-SessionOptions.intra_op_num_threads for ONNX Runtime. A runtime that is absent here (no onnxruntime, no CUDA,
-no CUDA provider, torch.compile failing) raises Unavailable with the reason, which the benchmark turns into a
-skip; a runtime that is present but produces a broken export fails loudly instead.
+SessionOptions.intra_op_num_threads for ONNX Runtime; INFERENCE_NUM_THREADS for OpenVINO, whose performance
+hint is chosen from the batch the predictor will be called with (see _openvino_predictor). A runtime that is
+absent here (no onnxruntime or openvino, no CUDA, no CUDA provider, torch.compile failing) raises Unavailable
+with the reason, which the benchmark turns into a skip; a runtime that is present but produces a broken export
+fails loudly instead. `artifact(...)` is the file each runtime loads (the checkpoint for eager and
+torch.compile): what bench/coldstart.py starts from in a fresh process.
 """
 
 from __future__ import annotations
@@ -23,18 +26,37 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.coldstart import openvino_config
 from mnist_zoo.targets import precision
 
-RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8", "compile")
-LABELS = {  # as the tables name them (ORT: ONNX Runtime)
+RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8", "openvino", "openvino-int8", "compile")
+LABELS = {  # as the tables name them (ORT: ONNX Runtime; OV: OpenVINO)
     "eager": "PyTorch eager",
     "torchscript": "TorchScript",
     "ort-fp32": "ORT fp32",
     "ort-int8": "ORT int8",
+    "openvino": "OV fp32",
+    "openvino-int8": "OV int8",
     "compile": "torch.compile",
+    "ort-web": "ORT web (wasm)",  # bench/test_web.py's row: onnxruntime-web in Chromium, not built here
 }
+# The export each runtime loads (int8: the QDQ file, which OpenVINO runs with its own int8 kernels).
+ARTIFACT_KIND = {
+    "eager": "checkpoint",
+    "compile": "checkpoint",
+    "torchscript": "torchscript",
+    "ort-fp32": "onnx",
+    "ort-int8": "onnx-int8",
+    "openvino": "onnx",
+    "openvino-int8": "onnx-int8",
+}
+# Runtimes that need more than the test install (pip install 'mnist-zoo[openvino]'); CI's has not got them.
+EXTRA_RUNTIMES = {"openvino", "openvino-int8"}
 OPTIONAL_PACKAGES = {"onnx", "onnxruntime", "onnxscript"}  # missing ones make a runtime absent, not broken
 INSTALL_HINT = "pip install 'mnist-zoo[export]'"
+# OpenVINO's THROUGHPUT hint runs one stream per thread; the benchmark's call cuts its batch into one slice
+# per stream. Below this many images per slice, one stream with every thread (the LATENCY hint) is faster.
+OPENVINO_MIN_SLICE = 32
 
 
 class Unavailable(Exception):
@@ -69,6 +91,13 @@ def unavailable(runtime: str, device: torch.device) -> str | None:
             return (
                 "onnxruntime's CUDA provider has no int8 kernels for quantised models (CPU or TensorRT only)"
             )
+    if runtime.startswith("openvino"):
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "openvino is not installed (pip install 'mnist-zoo[openvino]')"
+        if device.type == "cuda":
+            return "OpenVINO runs on Intel CPUs and GPUs, not CUDA devices"
     return None
 
 
@@ -164,9 +193,66 @@ def _ort_predictor(path: Path, device: torch.device, threads: int) -> Predictor:
     return Predictor(prepare, run, to_logits, info)
 
 
+def _openvino_predictor(path: Path, threads: int, batch: int | None) -> Predictor:
+    import numpy as np
+    import onnx
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    from export.integrity import check_onnx_seal
+
+    check_onnx_seal(onnx.load(path), path)  # the file is the one exported, as ORT's loader makes sure too
+    # The hint per batch: LATENCY is one stream with every thread on each call; THROUGHPUT is one stream per
+    # thread, and the call cuts its batch into one slice per stream, run at once: no thread team to
+    # synchronise after every layer. Either way `threads` threads in all. The batch axis stays dynamic.
+    streams = threads if batch and threads > 1 and batch >= threads * OPENVINO_MIN_SLICE else 1
+    compiled = ov.Core().compile_model(str(path), "CPU", openvino_config(threads, streams))
+    requests = [compiled.create_infer_request() for _ in range(streams)]
+
+    inputs: list[np.ndarray | None] = [None] * streams  # each request's own input memory
+
+    def prepare(x: torch.Tensor) -> list:
+        return np.array_split(x.contiguous().numpy(), min(streams, len(x)))  # views: a slice per stream
+
+    def run(slices: list):
+        # Each call copies its images into the request's own input memory (as a server would each request's),
+        # then runs. Cheaper than wrapping each call's array: lenet batch 1 took 115 us wrapping it in an
+        # ov.Tensor and 135 us through infer({0: x}, share_inputs=True), against 86 us with the input in place
+        # (1 thread, interleaved; ORT: 62 us). The outputs are copied out, so that a result outlives the next call.
+        busy = requests[: len(slices)]
+        for i, (request, part) in enumerate(zip(busy, slices, strict=True)):
+            if inputs[i] is None or inputs[i].shape != part.shape:  # a new batch size: new input memory
+                inputs[i] = np.empty_like(part)
+                request.set_input_tensor(ov.Tensor(inputs[i], shared_memory=True))
+            np.copyto(inputs[i], part)
+        if len(busy) == 1:
+            busy[0].infer(share_outputs=True)
+        else:
+            for request in busy:
+                request.start_async()
+            for request in busy:
+                request.wait()
+        return np.concatenate([request.get_output_tensor().data for request in busy])
+
+    # Which kernels it chose: an int8 file whose layers silently ran in fp32 would show here.
+    layers = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
+    layers = [rt for rt in layers if rt["layerType"].astype(str) in ("Convolution", "FullyConnected")]
+    int8 = [rt for rt in layers if rt["runtimePrecision"].astype(str) in ("u8", "i8")]
+    info = {
+        "performance_hint": str(compiled.get_property(hints.performance_mode)),
+        "num_streams": int(compiled.get_property(props.num_streams)),
+        "inference_num_threads": int(compiled.get_property(props.inference_num_threads)),
+        "inference_precision": compiled.get_property(hints.inference_precision).get_type_name(),
+        "int8_layers": f"{len(int8)} of {len(layers)} convolution and fully connected layers",
+    }
+    return Predictor(prepare, run, torch.from_numpy, info)
+
+
 class Exports:
-    """The export files of each model (TorchScript, ONNX fp32, ONNX int8), made on first use and reused for
-    the session, so every row of a runtime measures the same file. `calibration` feeds the int8 quantiser."""
+    """The files each runtime loads (checkpoint, TorchScript, ONNX fp32, ONNX int8), made on first use and
+    reused for the session, so every row of a runtime measures the same file. `calibration` feeds the int8
+    quantiser."""
 
     def __init__(self, directory: Path, calibration: torch.Tensor | None):
         self.directory, self.calibration = Path(directory), calibration
@@ -184,6 +270,10 @@ class Exports:
     def _make(self, name: str, model: nn.Module, kind: str, stem: str) -> Path:
         cpu_model = copy.deepcopy(model).cpu().eval()
         try:
+            if kind == "checkpoint":  # the zoo's checkpoint format, holding these weights
+                from mnist_zoo.checkpoint import save_checkpoint
+
+                return save_checkpoint(cpu_model, {"model": name}, self.directory / f"{stem}.pt")
             if kind == "torchscript":
                 from export.to_torchscript import export_torchscript
 
@@ -204,10 +294,23 @@ class Exports:
         raise ValueError(f"unknown export kind {kind!r}")
 
 
+def artifact(runtime: str, model: nn.Module, exports: Exports, name: str) -> Path:
+    """The file `runtime` loads for `model` (a zoo model called `name`)."""
+    return exports.path(name, model, ARTIFACT_KIND[runtime])
+
+
 def build(
-    runtime: str, model: nn.Module, device: torch.device, threads: int, exports: Exports, name: str
+    runtime: str,
+    model: nn.Module,
+    device: torch.device,
+    threads: int,
+    exports: Exports,
+    name: str,
+    batch: int | None = None,
 ) -> Predictor:
-    """A Predictor for `model` (a zoo model called `name`) in `runtime` on `device` with `threads` threads."""
+    """A Predictor for `model` (a zoo model called `name`) in `runtime` on `device` with `threads` threads.
+    `batch`: the batch size it will be called with, for runtimes that tune for one (OpenVINO's hint); any
+    batch size still runs."""
     reason = unavailable(runtime, device)
     if reason:
         raise Unavailable(reason)
@@ -219,7 +322,8 @@ def build(
     if runtime == "torchscript":
         from export.to_torchscript import load_torchscript  # checks the weights digest the export wrote
 
-        scripted, _ = load_torchscript(exports.path(name, model, "torchscript"))
+        scripted, _ = load_torchscript(artifact(runtime, model, exports, name))
         return _torch_predictor(scripted.to(device).eval(), device)
-    kind = "onnx-int8" if precision(runtime) == "int8" else "onnx"
-    return _ort_predictor(exports.path(name, model, kind), device, threads)
+    if runtime.startswith("openvino"):
+        return _openvino_predictor(artifact(runtime, model, exports, name), threads, batch)
+    return _ort_predictor(artifact(runtime, model, exports, name), device, threads)

@@ -59,6 +59,7 @@ def test_accuracy(
     exports,
     test_split,
     reference_logits,
+    deployment,
     model_name,
     runtime,
 ):
@@ -70,9 +71,10 @@ def test_accuracy(
     threads = max(bench_options.threads)
     model, source = zoo_model(model_name)
     try:
-        predictor = build(runtime, model, torch_device, threads, exports, model_name)
+        predictor = build(runtime, model, torch_device, threads, exports, model_name, batch=EVAL_BATCH)
         batches = _batches(predictor, test_split)
         predictor.run(batches[0])  # warm-up; torch.compile compiles here and may turn out unavailable
+        costs = deployment(runtime, model, model_name)
     except Unavailable as e:
         pytest.skip(str(e))
     benchmark.group = f"accuracy: seconds to run the {len(test_split):,} test images at batch {EVAL_BATCH}"
@@ -105,6 +107,7 @@ def test_accuracy(
         weights=source,
         runtime_info=predictor.info,
         **contention.record(),
+        **costs,
     )
     assert logits.shape == (len(labels), 10)
     assert accuracy >= floor, (

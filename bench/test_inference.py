@@ -8,9 +8,10 @@ Per row (extra_info kind "inference"): p50, p90 and p99 latency of single calls 
 samples), IQR/median, images/s (batch / p50), the contention it was measured under, and the speed-up over
 PyTorch eager: measured interleaved with eager at the same model, device, batch and threads
 (`speedup_paired`), and, filled in at the end of the run, against eager's own row at its fastest thread count
-(`speedup_vs_eager`, `eager_threads`). The input is real test images, normalised and moved to
-the device before timing; CUDA rows synchronise inside the timed call. Absent runtimes and devices are skipped
-with the reason.
+(`speedup_vs_eager`, `eager_threads`). Beside them, what deploying that runtime and model costs (the same in
+each of its rows; see bench/coldstart.py): `artifact_bytes`, `cold_start_s` and `peak_rss_mb`. The input is
+real test images, normalised and moved to the device before timing; CUDA rows synchronise inside the timed
+call. Absent runtimes and devices are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def test_latency(
     exports,
     test_split,
     predictors,
+    deployment,
     model_name,
     runtime,
     batch,
@@ -60,11 +62,14 @@ def test_latency(
     model, source = zoo_model(model_name, trained=False)
     key = (model_name, runtime, str(torch_device), threads)
     try:
-        predictor = predictors.get(key) or build(runtime, model, torch_device, threads, exports, model_name)
+        predictor = predictors.get(key) or build(
+            runtime, model, torch_device, threads, exports, model_name, batch=batch
+        )
         if runtime == "compile":
             predictors[key] = predictor
         x = predictor.prepare(normalize(test_split.images[:batch]))
         out = predictor.to_logits(predictor.run(x))  # first call: compiles (torch.compile), checks the shape
+        costs = deployment(runtime, model, model_name)  # before timing: it starts processes
     except Unavailable as e:
         pytest.skip(str(e))
     assert out.shape == (batch, 10)
@@ -76,6 +81,7 @@ def test_latency(
         eager_x = eager.prepare(normalize(test_split.images[:batch]))
         reference = partial(eager.run, eager_x)
     options = dict(batch=batch, budget_s=budget_s, min_rounds=min_rounds, reference=reference)
+    options["settle_s"] = timing.SETTLE_S if threads > 1 and reference else 0.0  # pools that spin: timing.py
     stats = timing.measure(benchmark, lambda: predictor.run(x), **options)
     new_row(
         "inference",
@@ -88,4 +94,5 @@ def test_latency(
         weights=source,
         runtime_info=predictor.info,
         **stats,
+        **costs,
     )

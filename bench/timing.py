@@ -11,6 +11,12 @@ One call per round (iterations=1), so every raw sample is one inference and the 
 single calls, not of averages over loops. With a `reference`, the timed rounds come in segments of about
 SEGMENT_S, each right after a segment of reference calls (A B A B ...): the speed-up is the median over
 segments of median(reference) / median(timed), so a machine whose speed drifts moves both sides alike.
+
+With more than one thread, each side's thread pool keeps spinning for a while after its calls, on the cores the
+other side needs: measured here (lenet, 2 threads), ONNX Runtime called right after PyTorch eager took 41 ms at
+batch 1000 instead of 32, and eager right after ONNX Runtime 8 ms at batch 64 instead of 4, for about 60 ms.
+So `settle_s` (SETTLE_S for multi-threaded rows) pauses, untimed, between the two sides' segments and then makes
+one untimed call, and the segments are longer (SETTLED_SEGMENT_S) to keep those pauses cheap.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ WARMUP_S = 0.2
 MIN_WARMUP_CALLS = 5
 MIN_ROUNDS, MAX_ROUNDS = 10, 20_000
 SEGMENT_S = 0.05  # interleaved measurement: seconds of calls per segment, each side
+SETTLE_S = 0.06  # pause for the other side's spinning threads to stop (ORT's spun for ~50 ms here)
+SETTLED_SEGMENT_S = 0.2  # segments when settling: the pauses add about a third
 
 
 def percentile_stats(samples: Sequence[float], batch: int) -> dict:
@@ -83,21 +91,29 @@ def measure(
     budget_s: float,
     min_rounds: int = MIN_ROUNDS,
     reference: Callable[[], object] | None = None,
+    settle_s: float = 0.0,
 ) -> dict:
     """Warm up, then time `fn` with benchmark.pedantic (one call per round); returns percentile_stats, the time
-    budget and the contention record (mnist_zoo.cpu.Contention). With `reference`, interleaved with it (see
-    the module's docstring): also `speedup_paired` and the reference's p50. The samples stay in
-    pytest-benchmark's stats, so --benchmark-json carries them too."""
+    budget and the contention record (mnist_zoo.cpu.Contention). With `reference`, interleaved with it, and
+    with `settle_s`, a pause between the two sides (see the module's docstring): also `speedup_paired` and the
+    reference's p50. The samples stay in pytest-benchmark's stats, so --benchmark-json carries them too."""
     estimate = warm_up(fn)
     rounds = rounds_for(estimate, budget_s, min_rounds)
-    segment = max(1, int(SEGMENT_S / estimate))
+    segment = max(1, int((SETTLED_SEGMENT_S if settle_s else SEGMENT_S) / estimate))
     references: list[list[float]] = []
     calls = 0
+
+    def settle(then: Callable[[], object]) -> None:
+        if settle_s:
+            time.sleep(settle_s)
+            then()
 
     def before_round() -> None:  # pedantic's setup, not timed: a segment of reference calls every `segment`
         nonlocal calls
         if reference is not None and calls % segment == 0:
+            settle(reference)
             references.append(_timed(reference, segment))
+            settle(fn)
         calls += 1
 
     if reference is not None:
@@ -112,4 +128,5 @@ def measure(
         stats["speedup_paired"] = statistics.median(np.median(r) / np.median(t) for r, t in pairs)
         stats["reference_p50_s"] = float(np.median(np.concatenate(references)))
         stats["pairing"] = f"{len(references)} segments of {segment} call(s), reference first"
+        stats["settle_s"] = settle_s
     return stats

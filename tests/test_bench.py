@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import check, report, runtimes, timing
+from bench import check, coldstart, report, runtimes, timing
 from bench.__main__ import main as bench_main
 from mnist_zoo import cpu
 from mnist_zoo.models import get_model
@@ -346,6 +346,16 @@ def test_interleaved_measure_gives_the_paired_speedup():
     )
     assert 3 < stats["speedup_paired"] < 4.5 and stats["reference_p50_s"] >= 0.004
     assert "segments" in stats["pairing"]
+    # settling (multi-threaded rows): a pause and an untimed call before each side's segment, same ratio
+    settled = timing.measure(
+        FakeBenchmark(),
+        lambda: time.sleep(0.001),
+        batch=1,
+        budget_s=0.1,
+        reference=lambda: time.sleep(0.004),
+        settle_s=0.01,
+    )
+    assert 3 < settled["speedup_paired"] < 4.5 and settled["settle_s"] == 0.01
 
 
 def test_runtimes_agree_and_absent_ones_say_why(tmp_path):
@@ -428,3 +438,135 @@ def test_a_busy_machine_is_measured_and_marked_and_meets_no_target(busy_machine)
     found = report.targets(report.derive(rows))
     assert found and not any(t["met"] for t in found)
     assert all("contended" in t["note"] for t in found)
+
+
+def deployed(rows, cold=0.5, peak=100.0, contention=0.01):
+    """`rows` with the deployment fields every runtime row carries (bench/coldstart.py)."""
+    for r in rows:
+        if r["kind"] in ("inference", "accuracy"):
+            how = {"runs": 3, "threads": 2, "peak_batch": 1000, "contention": contention}
+            slow = 10 if r["runtime"] == "eager" else 1
+            r.update(
+                artifact_bytes=160_000, cold_start_s=cold * slow, peak_rss_mb=peak * slow, deployment=how
+            )
+    return rows
+
+
+def test_openvino_runs_the_exports_with_a_hint_per_batch(tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'mnist-zoo[openvino]')")
+    torch.manual_seed(0)
+    model = get_model("lenet").eval()
+    exports = runtimes.Exports(tmp_path, calibration=torch.randn(64, 1, 28, 28))
+    x, cpu = torch.randn(130, 1, 28, 28), torch.device("cpu")
+    reference = runtimes.build("eager", model, cpu, 2, exports, "lenet").logits(x)
+    one = runtimes.build("openvino", model, cpu, 2, exports, "lenet", batch=1)
+    many = runtimes.build("openvino", model, cpu, 2, exports, "lenet", batch=1000)
+    assert (one.info["performance_hint"], one.info["num_streams"]) == ("LATENCY", 1)
+    assert (many.info["performance_hint"], many.info["num_streams"]) == ("THROUGHPUT", 2)
+    for p in (one, many):  # any batch runs, whatever the hint was chosen for (the batch axis is dynamic)
+        assert p.info["inference_num_threads"] == 2 and p.info["inference_precision"] == "f32"
+        torch.testing.assert_close(p.logits(x), reference, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(p.logits(x[:1]), reference[:1], atol=1e-4, rtol=1e-4)
+    int8 = runtimes.build("openvino-int8", model, cpu, 1, exports, "lenet", batch=64)
+    assert int8.info["int8_layers"].startswith("4 of 4")  # its own int8 kernels, not fp32 behind our back
+    assert (int8.logits(x).argmax(1) == reference.argmax(1)).float().mean() > 0.9
+
+
+def test_an_absent_openvino_is_a_skip_with_the_reason(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    reason = runtimes.unavailable("openvino-int8", torch.device("cpu"))
+    assert reason == "openvino is not installed (pip install 'mnist-zoo[openvino]')"
+
+
+def test_every_runtime_loads_an_artifact(tmp_path):
+    model = get_model("mlp").eval()
+    exports = runtimes.Exports(tmp_path, calibration=None)
+    path = runtimes.artifact("eager", model, exports, "mlp")
+    assert path == runtimes.artifact("compile", model, exports, "mlp") and path.stat().st_size > 7_850 * 4
+    assert set(runtimes.ARTIFACT_KIND) == set(runtimes.RUNTIMES)
+
+
+def test_cold_start_is_a_fresh_process_that_imports_only_its_runtime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = get_model("mlp").eval()
+    path = runtimes.artifact("ort-fp32", model, runtimes.Exports(tmp_path, None), "mlp")
+    costs = coldstart.measure("ort-fp32", path, "mlp", threads=1, runs=1)
+    assert 0 < costs["cold_start_s"] < 60 and costs["deployment"]["runs"] == 1
+    # its own memory: numpy and onnxruntime, far under this pytest process's (torch alone is 300 MB or more)
+    assert 10 < costs["peak_rss_mb"] < 300
+    with pytest.raises(RuntimeError, match="no such file"):
+        coldstart.measure("ort-fp32", tmp_path / "missing.onnx", "mlp", threads=1, runs=1)
+
+
+def test_bench_threads_all_sweeps_every_cpu():
+    from bench.conftest import _threads
+
+    assert _threads("all", idle=1) == tuple(range(1, int(cpu.available()) + 1))
+    assert _threads("2,1", idle=1) == (1, 2) and _threads(None, idle=2) == (2,)
+
+
+def test_summary_shows_deployment_costs_and_the_best_thread_counts():
+    rows = [
+        inference("lenet", rt, b, p50, threads=t)
+        for rt, p50 in (("eager", 4e-4), ("ort-fp32", 1e-4))
+        for b in (1, 1000)
+        for t in (1, 2)
+    ]
+    rows[-1]["p50_s"] /= 3  # ORT at batch 1000 is 3x faster at 2 threads than at 1
+    out = io.StringIO()
+    report.render(doc_of(deployed(rows)), out, width=250)
+    text = out.getvalue()
+    assert "Deployment" in text and "5.00 s" in text and "0.50 s" in text and "156 KiB" in text
+    threads = text.split("Threads")[1].split("Inference")[0]
+    assert "2  3.00x" in threads and "1  1.00x" in threads
+
+
+def test_plot_writes_the_pictures(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench import plot
+
+    results = tmp_path / "run.json"
+    rows = deployed(run_rows()) + [
+        inference("lenet", "eager", 64, 1e-3),
+        inference("lenet", "eager", 1, 3e-4, 1),
+    ]
+    results.write_text(json.dumps(doc_of(rows)))
+    written = plot.plot_run(results, tmp_path / "out")
+    assert [p.name for p in written] == ["latency.png", "threads.png", "deployment.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+    assert bench_main(["plot", str(tmp_path / "none.json")]) == 1
+    results.write_text(json.dumps(doc_of(training())))
+    with pytest.raises(UserError, match="no CPU inference rows"):
+        plot.plot_run(results, tmp_path / "out")
+
+
+def test_compare_puts_the_two_newest_saved_runs_side_by_side(tmp_path, capsys, monkeypatch):
+    from pytest_benchmark.utils import get_machine_id
+
+    from bench import history
+
+    storage = tmp_path / ".benchmarks"
+    monkeypatch.chdir(tmp_path)
+    assert bench_main(["compare"]) == 1 and "0 saved run(s)" in capsys.readouterr().err
+    folder = storage / get_machine_id()
+    folder.mkdir(parents=True)
+    for n, speedup in ((1, 2.0), (2, 7.0), (3, 3.5)):  # run 3 is 2x slower than run 2 in ORT fp32
+        rows = deployed(run_rows(speedup=speedup))
+        (folder / f"000{n}_abc.json").write_text(json.dumps(doc_of(rows)))
+    assert history.pick([], storage) == (folder / "0002_abc.json", folder / "0003_abc.json")
+    assert history.pick(["0001"], storage)[0] == folder / "0001_abc.json"
+    assert bench_main(["compare", "--width", "250"]) == 0
+    text = capsys.readouterr().out
+    assert "0002_abc.json" in text and "0003_abc.json" in text
+    line = next(line for line in text.splitlines() if "ORT fp32" in line and "µs" in line)
+    assert "50 µs" in line and "100 µs" in line and "0.50x" in line  # half as fast now
+    assert bench_main(["compare", "0009"]) == 1
+    assert "no saved run matches '0009'" in capsys.readouterr().err
+
+
+def test_a_baseline_requires_no_floor_of_an_optional_runtime():
+    rows = run_rows() + [accuracy("lenet", "openvino", 0.991), accuracy("lenet", "openvino-int8", 0.99)]
+    fresh = check.metrics(rows)
+    assert "accuracy/lenet/openvino" in fresh  # judged when it ran
+    required = check.make_baseline(fresh, {})["required"]
+    assert "accuracy/lenet/ort-int8" in required and not [n for n in required if "openvino" in n]
