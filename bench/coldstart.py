@@ -1,6 +1,5 @@
 """Cold start and peak memory: a fresh process loads one runtime's artifact and answers, timed from outside.
 
-    python -m bench.coldstart ort-fp32 lenet.onnx --threads 2       # the child by hand: prints its figures
     >>> measure("ort-fp32", Path("lenet.onnx"), "lenet", threads=2, runs=3)
     {'cold_start_s': 0.52, 'peak_rss_mb': 91.0, 'deployment': {...}}
 
@@ -16,7 +15,6 @@ every time, so its cold start compiles, once per shape (the answer's, then the b
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -119,8 +117,7 @@ def child(runtime: str, path: str, model: str, threads: int, batch: int) -> None
 
 
 def _once(runtime: str, path: Path, model: str, threads: int, cache: str) -> tuple[float, float]:
-    cmd = [sys.executable, "-m", "bench.coldstart", runtime, str(path), "--model", model]
-    cmd += ["--threads", str(threads)]
+    cmd = [sys.executable, "-m", "bench.coldstart", runtime, str(path), model, str(threads)]
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty child cannot block on it
         start = time.perf_counter()
@@ -140,6 +137,8 @@ def measure(runtime: str, path: Path, model: str, threads: int, runs: int) -> di
     """`runs` fresh processes: the medians of their cold starts and peak memories, and how they were taken."""
     from mnist_zoo.cpu import Contention  # here, not above: it imports torch, which the child must not
 
+    if not path.is_file():
+        raise RuntimeError(f"cold start of {runtime}: no such file: {path}")
     seconds, peaks = [], []
     with Contention() as busy:
         for _ in range(runs):
@@ -164,23 +163,6 @@ def measure(runtime: str, path: Path, model: str, threads: int, runs: int) -> di
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    example = "example: python -m bench.coldstart ort-fp32 artifacts/lenet.onnx --threads 2"
-    parser = argparse.ArgumentParser(prog="python -m bench.coldstart", description=__doc__, epilog=example)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "runtime", help="eager, torchscript, compile, ort-fp32, ort-int8, openvino, openvino-int8"
-    )
-    parser.add_argument("artifact", help="the file it loads (eager and compile: an mnist-zoo checkpoint)")
-    parser.add_argument("--model", default="lenet", help="zoo model of a checkpoint (default: lenet)")
-    parser.add_argument("--threads", type=int, default=1, help="threads, as the benchmark sets them")
-    parser.add_argument("--batch", type=int, default=PEAK_BATCH, help="batch run after the first answer")
-    args = parser.parse_args(argv)
-    if not Path(args.artifact).is_file():
-        parser.error(f"no such file: {args.artifact}")
-    child(args.runtime, args.artifact, args.model, args.threads, args.batch)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the child that _once() starts: not a command (bench/__main__.py holds those)
+    runtime, path, model, threads = sys.argv[1:]
+    child(runtime, path, model, int(threads), PEAK_BATCH)
