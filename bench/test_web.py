@@ -31,7 +31,6 @@ from mnist_zoo.cpu import Contention
 from mnist_zoo.data import normalize
 from mnist_zoo.models import list_models, model_info
 from mnist_zoo.targets import BENCH_LOGIT_ATOL
-from mnist_zoo.util import UserError
 
 PAIRS = 8  # interleaved segments of the page and of ORT fp32 in Python, for the paired ratio
 # Run in the page: the input tensor made once (as the other runtimes' prepare), a warm-up (timing.warm_up's
@@ -81,22 +80,10 @@ def paired_with_ort_fp32(tab: web_browser.Tab, predictor, x, segment: int) -> di
 
 
 @pytest.fixture(scope="module")
-def browser(bench_options):
-    if bench_options.quick:
+def page_browser(bench_options, request):
+    if bench_options.quick:  # before the browser starts
         pytest.skip("ort-web is left out of --bench-quick: the CI check needs no browser (tests/test_web.py)")
-    try:
-        with web_browser.chromium() as b:
-            yield b
-    except web_browser.Unavailable as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
-def ort_web(browser) -> dict[str, bytes]:
-    try:
-        return web.ort_web_files()
-    except UserError as e:
-        pytest.skip(f"onnxruntime-web unavailable: {e}")
+    return request.getfixturevalue("browser")
 
 
 @pytest.mark.parametrize("model_name", list_models())
@@ -108,8 +95,8 @@ def test_ort_web_latency(
     zoo_model,
     exports,
     test_split,
-    browser,
-    ort_web,
+    page_browser,
+    ort_web_files,
     tmp_path,
     model_name,
 ):
@@ -118,10 +105,10 @@ def test_ort_web_latency(
         onnx_file = exports.path(model_name, model, "onnx")
     except Unavailable as e:
         pytest.skip(str(e))
-    page_dir = web.build(tmp_path / "web", [onnx_file], ort_web)
+    page_dir = web.build(tmp_path / "web", [onnx_file], ort_web_files)
     image = test_split.images[:1]
     with web_browser.serving(web.server(page_dir, port=0)) as url:
-        tab = web_browser.open_tab(browser, f"{url}?threads={threads}")
+        tab = web_browser.open_tab(page_browser, f"{url}?threads={threads}")
         tab.page.wait_for_selector("html[data-model]")
         page = tab.page.evaluate(SETUP, image.flatten().tolist())
         if page["threads"] != threads:
@@ -147,7 +134,7 @@ def test_ort_web_latency(
         "budget_s": bench_options.budget_s,
         **contention.record(),
     }
-    versions = {"browser": f"Chromium {browser.version}", "onnxruntime_web": page["version"]}
+    versions = {"browser": f"Chromium {page_browser.version}", "onnxruntime_web": page["version"]}
     new_row(
         "inference",
         model=model_name,

@@ -5,9 +5,9 @@
 
 The browser tests are skipped, with the reason, without Chromium (Debian: apt-get install chromium), without
 Playwright (pip install 'mnist-zoo[web]'), or when onnxruntime-web can be had neither from the cache nor from npm.
-One browser and one tab for the module; a request outside 127.0.0.1 or an error in the page fails the test.
-The model is lenet trained with 2 epochs of the default recipe (>= 98.5%: drawn digits need a real model, not
-the 1-epoch small_trained one), exported and served as the README says.
+One browser for the session (conftest.py), one tab for the module; a request outside 127.0.0.1 or an error in
+the page fails the test. The model is lenet trained with 2 epochs of the default recipe (>= 98.5%: drawn digits
+need a real model, not the 1-epoch small_trained one), exported and served as the README says.
 """
 
 from __future__ import annotations
@@ -51,24 +51,7 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    try:
-        with web_browser.chromium() as b:
-            yield b
-    except web_browser.Unavailable as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
-def ort_files() -> dict[str, bytes]:
-    try:
-        return web.ort_web_files()
-    except UserError as e:
-        pytest.skip(f"onnxruntime-web unavailable: {e}")
-
-
-@pytest.fixture(scope="module")
-def site(browser, ort_files, train_split, test_split, tmp_path_factory):
+def site(browser, ort_web_files, train_split, test_split, tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
     result = train("lenet", recipe_for("lenet", epochs=2), train_split, test_split, seed=0)
     meta = {"model": "lenet", "recipe": "default", "epochs": 2, "seed": 0, "data_sha256": data.DATA_SHA256}
@@ -78,7 +61,7 @@ def site(browser, ort_files, train_split, test_split, tmp_path_factory):
         mp.setenv("MNIST_ZOO_CHECKPOINTS", str(checkpoint.parent))
         assert cli.main(["lenet", "--web", "--out", str(root / "out"), "--no-progress"]) == 0
     with web_browser.serving(web.server(root / "out", port=0)) as url:
-        yield Site(url, root / "out", checkpoint, ort_files)
+        yield Site(url, root / "out", checkpoint, ort_web_files)
 
 
 @pytest.fixture(scope="module")
@@ -269,14 +252,14 @@ def test_without_npm_or_cache_one_line_with_both_ways_out(tmp_path, capsys, monk
     assert not (tmp_path / "out" / "lenet.onnx").exists()  # failed before any training or export
 
 
-def test_local_copies(ort_files, tmp_path):
+def test_local_copies(ort_web_files, tmp_path):
     """--ort-web DIR: the tarball npm pack writes, or the unpacked package."""
     shutil.copy(data.cache_dir() / "onnxruntime-web" / web.ORT_WEB_TARBALL, tmp_path)
-    assert web.ort_web_files(tmp_path) == ort_files
+    assert web.ort_web_files(tmp_path) == ort_web_files
     (tmp_path / "package" / "dist").mkdir(parents=True)
-    for name, content in ort_files.items():
+    for name, content in ort_web_files.items():
         (tmp_path / "package" / "dist" / name).write_bytes(content)
-    assert web.ort_web_files(tmp_path / "package") == ort_files
+    assert web.ort_web_files(tmp_path / "package") == ort_web_files
 
 
 def test_local_copies_are_verified(tmp_path):
