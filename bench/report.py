@@ -47,6 +47,7 @@ from mnist_zoo.targets import (
 from mnist_zoo.util import UserError
 
 FORMAT = "mnist-zoo/bench/1"  # extra_info["format"] of every row we write
+VERSIONS_SHOWN = ("torch", "onnxruntime", "openvino", "onnx", "python")  # in the header; all are in the JSON
 
 
 def load(path: str | Path) -> dict:
@@ -255,7 +256,7 @@ def header(machine: dict, rows: list[dict]) -> str:
             f"threads per runtime: {threads}; training threads: {machine.get('train_threads') or '?'}{quick}",
             f"[bold]load[/] {contention}{at_start}; {marked}",
             f"[bold]GPU[/] {machine.get('cuda') or 'none (CUDA rows skipped)'}; onnxruntime providers: {providers}",
-            f"[bold]versions[/] torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, openvino {v.get('openvino')}, onnx {v.get('onnx')}, python {v.get('python')}",
+            "[bold]versions[/] " + ", ".join(f"{n} {v.get(n) or 'not installed'}" for n in VERSIONS_SHOWN),
         ]
     )
 
