@@ -1,7 +1,7 @@
 """Regression check for CI: a fresh quick benchmark run against the committed baseline (bench/baseline.json).
 
     python -m bench check                     # quick run (about 3 min on 2 cores); exit 1 on regression
-    python -m bench check --results run.json  # compare a saved run (pytest ... --benchmark-json run.json)
+    python -m bench check --results run.json  # compare a saved run (pytest ... --benchmark-json=run.json)
     python -m bench check --update-baseline   # after an intended change: measure, rewrite the baseline
 
 Exit 1, with a table of what regressed, when

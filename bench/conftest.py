@@ -3,7 +3,7 @@
     pytest --benchmark-only                                   # everything (from the repo root)
     pytest --benchmark-only --bench-threads 1,2 -k inference  # does 1 thread beat 2?
     pytest --benchmark-only --bench-threads all -k inference  # every thread count from 1 to the CPUs
-    pytest --benchmark-only --bench-quick --benchmark-json out.json   # the CI subset (python -m bench check)
+    pytest --benchmark-only --bench-quick --benchmark-json=out.json   # the CI subset (python -m bench check)
     python -m bench report out.json                           # the same tables from a saved file
 
 Threads: every runtime gets the same count, by default every CPU that other processes leave idle (on a busy

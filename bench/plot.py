@@ -1,6 +1,6 @@
 """Pictures of a benchmark run: latency against batch size, throughput against threads, deployment costs.
 
-    pytest --benchmark-only --bench-threads all --benchmark-json run.json   # a run with a thread sweep
+    pytest --benchmark-only --bench-threads all --benchmark-json=run.json   # a run with a thread sweep
     python -m bench plot run.json                                          # reports/bench/*.png
     python -m bench plot run.json --out docs                               # elsewhere
 
