@@ -1,7 +1,7 @@
 """python -m bench {report,plot,compare,check}: a saved run's tables and pictures, two runs side by side, and
 the CI regression check.
 
-pytest --benchmark-only --benchmark-json=run.json  # run the benchmarks (tables at the end)
+pytest --benchmark-only --benchmark-json=run.json   # run the benchmarks (tables at the end)
 python -m bench report run.json                      # the same tables from the saved file
 python -m bench plot run.json                        # its pictures: reports/bench/*.png
 pytest --benchmark-only --benchmark-autosave         # (twice) runs saved in .benchmarks/
