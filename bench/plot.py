@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bench.report import contended, load, machine_of, matching, rows_of
+from bench.report import contended, deployment_rows, load, machine_of, matching, rows_of
 from bench.runtimes import LABELS
 from mnist_zoo import plots
 from mnist_zoo.util import UserError, atomic_write
@@ -54,9 +54,8 @@ def _save(fig, path: Path) -> Path:
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=plots.DPI)
-    image = (
-        Image.open(buffer).convert("RGB").quantize(256)
-    )  # a palette: the same picture in a third the bytes
+    # A palette: the same picture in a third of the bytes.
+    image = Image.open(buffer).convert("RGB").quantize(256)
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", optimize=True))
 
 
@@ -154,10 +153,7 @@ def throughput(doc: dict, rows: list[dict], path: Path) -> Path:
 
 
 def deployment(doc: dict, rows: list[dict], path: Path) -> Path:
-    found: dict[tuple[str, str], dict] = {}
-    for r in rows:
-        if r.get("kind") in ("inference", "accuracy") and r.get("artifact_bytes") is not None:
-            found.setdefault((r["model"], r["runtime"]), r)
+    found = deployment_rows(rows)
     models = list(dict.fromkeys(m for m, _ in found))
     runtimes = [rt for rt in LABELS if any(k[1] == rt for k in found)]
     costs = [  # title, axis label, field, scale, log axis

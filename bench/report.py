@@ -384,12 +384,18 @@ def fmt_bytes(n: float | None, unit: str = "KiB") -> str:
     return "-" if n is None else f"{n / 2 ** {'KiB': 10, 'MiB': 20}[unit]:,.0f} {unit}"
 
 
-def deployment_table(rows: list[dict]) -> Table | None:
-    """Per model and runtime: the artifact's size, the cold start and the peak memory of a fresh process."""
+def deployment_rows(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """(model, runtime) -> a row carrying that pair's deployment costs (every row of the pair carries the same)."""
     found: dict[tuple[str, str], dict] = {}
     for r in rows:
         if r.get("kind") in ("inference", "accuracy") and r.get("artifact_bytes") is not None:
             found.setdefault((r["model"], r["runtime"]), r)
+    return found
+
+
+def deployment_table(rows: list[dict]) -> Table | None:
+    """Per model and runtime: the artifact's size, the cold start and the peak memory of a fresh process."""
+    found = deployment_rows(rows)
     if not found:
         return None
     t = Table(title="Deployment: what a fresh process pays before its first answer", title_justify="left")

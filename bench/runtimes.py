@@ -97,7 +97,7 @@ def unavailable(runtime: str, device: torch.device) -> str | None:
         except ImportError:
             return "openvino is not installed (pip install 'mnist-zoo[openvino]')"
         if device.type == "cuda":
-            return "OpenVINO runs on Intel CPUs and GPUs, not CUDA devices"
+            return "OpenVINO has no CUDA device (it runs on the CPU here)"
     return None
 
 

@@ -80,9 +80,8 @@ def read_checkpoint(model_or_path: str | Path) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as e:  # a damaged archive fails in many ways (fuzzing found AssertionError, KeyError ...)
+    # A damaged archive fails in many ways (fuzzing found AssertionError, KeyError ...): catch them all.
+    except Exception as e:
         if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
             raise CheckpointError(
                 f"{path} holds Python objects other than tensors and plain data: refused, as unpickling them "

@@ -197,7 +197,7 @@ def _fit_all(names: list[str], args: argparse.Namespace, checkpoint: str | None 
     train_split, test_split = data.load("train", args.data_dir), data.load("test", args.data_dir)
     device = _setup(args)
     options = dict(seed=args.seed, device=device, streams=args.streams, checkpoint=checkpoint)
-    options.update(progress=_progress(args), replace_better=args.replace)
+    options.update(progress=_progress(args), overwrite=args.replace)
     return [fit(name, recipes[name], train_split, test_split, **options) for name in names]
 
 

@@ -388,13 +388,13 @@ def fit(
     progress: bool = True,
     checkpoint: str | None = None,
     streams: int | None = None,
-    replace_better: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Train on the training set, evaluate on the test set, save the checkpoint; returns the result record.
 
     A diverged run raises Diverged and saves nothing. A run less accurate on the test set than the checkpoint it
     would replace is not saved either (record["saved"] is False, and stderr says so with both accuracies) unless
-    `replace_better`: no quick experiment overwrites a better model by accident."""
+    `overwrite`: no quick experiment overwrites a better model by accident."""
     target = Path(checkpoint) if checkpoint is not None else checkpoint_path(model_name)
     previous = _accuracy_of(target, model_name)
     with Progress("train", steps_for(len(train_split), recipe), progress) as bar:
@@ -432,15 +432,14 @@ def fit(
         **environment(device),
     }
     worse = previous is not None and result.final.accuracy < previous
-    if not worse or replace_better:
+    saved = not worse or overwrite
+    if saved:
         save_checkpoint(result.model.to("cpu"), record, target)
-    record.update(checkpoint=str(target), saved=not worse or replace_better, previous_accuracy=previous)
+    record.update(checkpoint=str(target), saved=saved, previous_accuracy=previous)
     if worse:
         acc = f"this run's test accuracy {result.final.accuracy:.2%} is below the {previous:.2%} of {target}"
         done = (
-            "replaced it (--replace)"
-            if replace_better
-            else "kept it; this run was not saved (--replace saves it)"
+            "replaced it (--replace)" if overwrite else "kept it; this run was not saved (--replace saves it)"
         )
         print(f"mnist-zoo: {model_name}: {acc}: {done}", file=sys.stderr)  # one line, never wrapped
     return record
