@@ -286,10 +286,13 @@ def accuracy_table(rows: list[dict]) -> Table | None:
     return t
 
 
-def flags(row: dict) -> str:
-    """' contended 63%' and ' noisy' markers of a row, for the tables."""
-    busy = f" [yellow]contended {row['contention']:.0%}[/]" if contended(row) else ""
-    return busy + (" [yellow]noisy[/]" if row.get("iqr_over_median", 0) > NOISY_SPREAD else "")
+def flags(*rows: dict) -> str:
+    """' contended 63%' and ' noisy' markers of a row, for the tables; of several rows that one figure compares,
+    the most contended one's and noisy if any is."""
+    busiest = max(rows, key=lambda r: r.get("contention") or 0.0)
+    busy = f" [yellow]contended {busiest['contention']:.0%}[/]" if contended(busiest) else ""
+    noisy = any(r.get("iqr_over_median", 0) > NOISY_SPREAD for r in rows)
+    return busy + (" [yellow]noisy[/]" if noisy else "")
 
 
 def training_table(rows: list[dict]) -> Table | None:
@@ -355,7 +358,10 @@ def inference_tables(rows: list[dict]) -> list[Table]:
         t = Table(title=f"Inference: {model} on {device}", title_justify="left")
         for col in ("batch", "runtime", "threads", "p50", "p90", "p99", "images/s", "vs eager", "IQR/median"):
             t.add_column(col, justify="left" if col == "runtime" else "right")
-        t.caption = "vs eager: p50 against PyTorch eager's at its fastest thread count (in brackets)"
+        t.caption = (
+            "vs eager: p50 against PyTorch eager's at its fastest thread count (in brackets; 'contended' there:"
+            " eager's row was, and the ratio measures the load)"
+        )
         for batch in sorted({r["batch"] for r in mine}):
             t.add_section()
             group = matching(mine, batch=batch)
@@ -363,9 +369,11 @@ def inference_tables(rows: list[dict]) -> list[Table]:
             threads = {r["threads"] for r in group}
             fastest = [min(matching(group, threads=th), key=lambda r: r["p50_s"]) for th in threads]
             for r in group:
-                vs_eager = fmt_x(r.get("speedup_vs_eager")) + (
-                    f" ({r['eager_threads']})" if r.get("eager_threads") else ""
+                eager = eager_reference(mine, r)
+                reference = (
+                    f"{eager['threads']}, [yellow]contended[/]" if contended(eager) else eager.get("threads")
                 )
+                vs_eager = fmt_x(r.get("speedup_vs_eager")) + (f" ({reference})" if reference else "")
                 cells = [
                     str(batch),
                     ("★ " if r in fastest else "  ") + LABELS[r["runtime"]],
@@ -451,7 +459,7 @@ def threads_table(rows: list[dict]) -> Table | None:
                 best = min(mine, key=lambda r: r["p50_s"], default=None)
                 base = first(mine, threads=fewest)
                 speed = ratio(base.get("p50_s"), best["p50_s"]) if best else None
-                cells.append(f"{best['threads']}  {fmt_x(speed)}{flags(best)}" if best else "-")
+                cells.append(f"{best['threads']}  {fmt_x(speed)}{flags(best, base)}" if best else "-")
         t.add_row(LABELS[runtime], *cells)
     return t
 

@@ -171,6 +171,22 @@ def test_no_target_is_met_from_a_contended_row():
     assert "yes" not in out.getvalue().split("Targets")[1].split("Inference")[0]
 
 
+def test_a_ratio_against_a_contended_row_is_marked_even_on_a_quiet_row():
+    # eager (the reference) measured while other processes took 70% of the CPUs; ORT quiet, at 1 and 2 threads
+    rows = [inference("lenet", "eager", 1, 8e-4, threads=t, contention=0.7) for t in (1, 2)]
+    rows += [inference("lenet", "ort-fp32", 1, 1e-4, threads=1, contention=0.7)]
+    rows += [inference("lenet", "ort-fp32", 1, 0.9e-4, threads=2, contention=0.01)]
+    out = io.StringIO()
+    report.render(doc_of(report.derive(rows)), out, width=250)
+    text = out.getvalue()
+    cells = [[c.strip() for c in line.split("│")] for line in text.split("Inference")[1].splitlines()]
+    quiet = next(c for c in cells if len(c) > 8 and c[2].endswith("ORT fp32") and c[3] == "2")
+    assert quiet[8] == "8.89x (1, contended)"  # its own row is quiet, its reference is not
+    threads = text.split("Threads")[1].split("Inference")[0]
+    ort = next(line for line in threads.splitlines() if "ORT fp32" in line)
+    assert "2  1.11x contended 70%" in ort  # 2 threads quiet, over 1 thread contended
+
+
 def test_a_collapsed_eager_reference_is_said_in_words_not_a_win():
     # eager at 2 threads 45x slower than at 1 (a collapsed thread team); ORT at 2 threads looks 40x faster
     rows = [inference("lenet", "eager", 1, 2e-4, threads=1), inference("lenet", "eager", 1, 9e-3, threads=2)]
