@@ -107,15 +107,22 @@ FUZZED_IDX = "t10k-labels-idx1-ubyte"  # the smallest file; the other three are 
 @given(draw=st.data())
 def test_idx_files(compressed, draw, capsys, monkeypatch):
     real = data.fetch()
+    capsys.readouterr()  # what fetching the real files said (a first download) is not this case's output
     labels = (real / FUZZED_IDX).read_bytes()
     blob = draw.draw(inputs(gzip.compress(labels, mtime=0) if compressed else labels))
-    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as cache:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tempfile.TemporaryDirectory() as cache,
+        monkeypatch.context() as m,
+    ):
         d = Path(tmp)
         for name in data.SHA256:
             if name != FUZZED_IDX:
                 (d / name).symlink_to(real / name)
         (d / (f"{FUZZED_IDX}.gz" if compressed else FUZZED_IDX)).write_bytes(blob)
-        monkeypatch.setenv("XDG_CACHE_HOME", cache)  # verified .gz data is cached there, as documented
+        # verified .gz data is cached there, as documented; undone after each case (Hypothesis runs many in one
+        # call), so that the next case finds the real files where they were, not in a deleted folder
+        m.setenv("XDG_CACHE_HOME", cache)
         with case(d):
             code = main(["data", "--data-dir", str(d)])
     captured = capsys.readouterr()
