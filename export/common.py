@@ -5,7 +5,9 @@ The contract of every artifact (ONNX, TorchScript, torch.export):
   input  `image`  float32 [batch, 1, 28, 28], already normalised: (pixel / 255 - 0.1307) / 0.3081
   output `logits` float32 [batch, 10]   (with softmax=True also `probabilities` [batch, 10], the softmax)
 Normalisation stays outside the graph, as in the zoo's PyTorch models, so an artifact and its source model
-take the same tensor and their logits can be compared one for one.
+take the same tensor and their logits can be compared one for one. BatchNorm is folded into the convolution
+before it here, before any exporter sees the model (fold_batchnorm): every artifact runs one convolution where
+the PyTorch model runs two layers, and verification compares it with the unfolded model.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mnist_zoo.data import MEAN, STD
 
@@ -58,10 +61,21 @@ class WithProbabilities(Exportable):
         return logits, torch.softmax(logits, dim=1)
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """In place, in eval mode: every Conv2d followed by a BatchNorm2d in an nn.Sequential becomes one Conv2d whose
+    weights and bias carry the BatchNorm's running statistics, scale and shift; the BatchNorm becomes Identity."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
+    return model
+
+
 def prepare(model: nn.Module, softmax: bool = False) -> Exportable:
     """A float32, CPU, eval-mode copy in the default memory layout (training may leave lenet channels_last),
-    wrapped; the caller's model is left untouched."""
+    BatchNorm folded, wrapped; the caller's model is left untouched."""
     model = copy.deepcopy(model).to("cpu", torch.float32).to(memory_format=torch.contiguous_format).eval()
+    model = fold_batchnorm(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return (WithProbabilities if softmax else Exportable)(model).eval()

@@ -3,7 +3,7 @@
 examples:
     python -m mnist_zoo all                         # train the zoo, evaluate it on the test set, print the table
     python -m mnist_zoo train lenet --epochs 3 --json
-    python -m mnist_zoo evaluate lenet              # accuracy, per-class accuracy, confusion matrix
+    python -m mnist_zoo evaluate lenet              # accuracy, per class, confusion matrix, robustness
     python -m mnist_zoo evaluate lenet --seeds 5    # retrain with 5 seeds: mean ± std and a 95% interval
     python -m mnist_zoo compare mlp dnn lenet       # side by side over seeds, and which differences are real
     python -m mnist_zoo cv lenet --folds 5          # stratified k-fold cross-validation on the training set
@@ -31,6 +31,7 @@ import torch
 from rich.table import Table
 
 from mnist_zoo import compare, crossval, data, plots, predict
+from mnist_zoo.augment import robustness
 from mnist_zoo.checkpoint import (
     check_target,
     checkpoint_dir,
@@ -89,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     _training(p)
     p.add_argument("--checkpoint", help="where to save (default: the checkpoint directory, <model>.pt)")
 
-    p = command("evaluate", "test accuracy, per-class accuracy, confusion matrix", "lenet --seeds 5")
+    p = command(
+        "evaluate",
+        "test accuracy, per class, confusion matrix, robustness to perturbations",
+        "lenet --seeds 5",
+    )
     p.add_argument("model", help="a zoo model name (its saved checkpoint) or a checkpoint path")
     _common(p)
     p.add_argument("--seeds", type=int, help="retrain with N seeds: mean, std and a 95%% interval")
@@ -252,6 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     test_split = data.load("test", args.data_dir)
     device = _setup(args)
     ev = evaluate(model.to(device), test_split)
+    robust = robustness(model, test_split.images, test_split.labels)
     confusion = confusion_matrix(ev.predictions, test_split.labels)
     per_class = (confusion.diag().float() / confusion.sum(1).float()).tolist()
     trained_with = {k: meta.get(k) for k in ("recipe", "epochs", "seed", "torch_version", "data_sha256")}
@@ -261,6 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         test_loss=ev.loss,
         per_class_accuracy=per_class,
         confusion_matrix=confusion.tolist(),
+        robustness=robust,
     )
     record.update(trained_with=trained_with, **environment(device))
     if _printed_json(args, record):
@@ -276,6 +283,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         style[d] = "bold green"  # the diagonal: right answers; red: mistakes
         cells = [f"[{s}]{v}[/]" for s, v in zip(style, confusion[d].tolist(), strict=True)]
         t.add_row(str(d), *cells, f"{per_class[d]:.2%}")
+    out.print(t)
+    t = Table(
+        title="robustness: test accuracy of the same images, perturbed (seeded)", box=None, padding=(0, 1)
+    )
+    for col in robust:
+        t.add_column(col, justify="right")
+    t.add_row(*(f"{a:.2%}" for a in robust.values()))
     out.print(t)
     return 0
 

@@ -1,15 +1,20 @@
-"""The zoo: the three architectures of the classic tutorial, and a registry in torchvision's style.
+"""The zoo: the three architectures of the classic tutorial, a small modern CNN, and a registry in torchvision's
+style.
 
     python -m mnist_zoo list                      # the zoo as a table
     >>> from mnist_zoo.models import get_model, list_models
     >>> list_models()
-    ['mlp', 'dnn', 'lenet']
+    ['mlp', 'dnn', 'lenet', 'cnn']
     >>> get_model("lenet")(torch.zeros(2, 1, 28, 28)).shape
     torch.Size([2, 10])
 
 Every model takes normalised images [N, 1, 28, 28] (see data.normalize) and returns logits [N, 10]: the softmax
 belongs to prediction time, and CrossEntropyLoss applies its own log-softmax (the tutorial's Softmax layer before
 CrossEntropyLoss is a double softmax that slows and weakens training).
+
+`cnn` is not the tutorial's: it is the zoo's answer to "what would I deploy today", BatchNorm after every
+convolution and trained on randomly rotated, shifted and scaled digits (augment.py), which is what makes it
+the model to put behind a drawing pad. Exporters fold its BatchNorms into the convolutions (export/common.py).
 """
 
 from __future__ import annotations
@@ -110,4 +115,33 @@ def lenet() -> nn.Module:
         nn.Linear(320, 100),
         nn.ReLU(inplace=True),
         nn.Linear(100, 10),
+    )
+
+
+def _conv_bn(c_in: int, c_out: int, k: int) -> list[nn.Module]:
+    # No conv bias: the BatchNorm right after it has its own shift, and would cancel any bias.
+    return [
+        nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+@register_model(
+    "cnn",
+    "3 x conv-BatchNorm-ReLU (16 k5, 32 k3, 64 k3), each max-pooled; fc 576->10",
+    channels_last=True,
+)
+def cnn() -> nn.Module:
+    # Three conv-BatchNorm-ReLU stages, each halving the image with a max-pool (28 -> 14 -> 7 -> 3); the "same"
+    # padding keeps the digit's edges in play for the shifted and rotated training images.
+    return nn.Sequential(
+        *_conv_bn(1, 16, 5),
+        nn.MaxPool2d(2),  # 28 -> 14
+        *_conv_bn(16, 32, 3),
+        nn.MaxPool2d(2),  # 14 -> 7
+        *_conv_bn(32, 64, 3),
+        nn.MaxPool2d(2),  # 7 -> 3, so 64 * 3 * 3 = 576 features
+        nn.Flatten(),
+        nn.Linear(576, 10),
     )

@@ -14,6 +14,7 @@ most of a 2-core machine on Python overhead and inter-process copies.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -28,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 from torch import nn
 
+from mnist_zoo.augment import random_affine
 from mnist_zoo.checkpoint import (
     check_target,
     checkpoint_path,
@@ -38,6 +40,7 @@ from mnist_zoo.checkpoint import (
 from mnist_zoo.cpu import Contention, default_threads
 from mnist_zoo.data import DATA_SHA256, Split, load, normalize
 from mnist_zoo.models import get_model, model_info
+from mnist_zoo.targets import TARGET_ACCURACY
 from mnist_zoo.util import UserError, environment, err, resolve_device, seed_everything, torch_threads
 
 
@@ -52,6 +55,10 @@ class Recipe:
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | onecycle (linear warm-up then linear decay to zero)
     warmup: float = 0.0  # fraction of steps spent warming up (onecycle)
+    augment: bool = False  # rotate, shift and scale every training image at random (augment.py) ...
+    plain_epochs: int = (
+        0  # ... except in this many final epochs: the test set's digits are upright and centred
+    )
 
 
 # The tutorial's settings (SGD lr 0.1, batch 32, 5 epochs), but trained on logits.
@@ -66,12 +73,29 @@ DEFAULTS = {
     "mlp": Recipe("default", epochs=10, batch_size=128, lr=0.05, warmup=0.1, **_NESTEROV),
     "dnn": Recipe("default", epochs=10, batch_size=128, lr=0.1, warmup=0.1, weight_decay=5e-4, **_NESTEROV),
     "lenet": Recipe("default", epochs=4, batch_size=256, lr=0.15, warmup=0.2, weight_decay=5e-4, **_NESTEROV),
+    # Augmented digits need more epochs to pay off than plain ones; the last epoch is plain (README, "Recipes").
+    "cnn": Recipe(
+        "default",
+        epochs=16,
+        batch_size=256,
+        lr=0.1,
+        warmup=0.15,
+        weight_decay=5e-4,
+        augment=True,
+        plain_epochs=1,
+        **_NESTEROV,
+    ),
 }
 RECIPES = ("default", "tutorial")
 # Below this many images per slice, Python's per-op overhead (one interpreter lock for all threads) eats what a
 # second core gains: measured on 2 cores, lenet slices of 128 images ran ~20% faster than one 2-thread stream,
 # slices of 64 only ~5%.
 MIN_STREAM_BATCH = 128
+# Time to a target accuracy is resolved to this fraction of an epoch: the weights are copied this many times an
+# epoch (microseconds for these models), and once an epoch's evaluation first reaches the target, the copies of
+# that epoch are evaluated in order to find the first one that did. Evaluating the test set 20 times an epoch
+# all along would cost more than training the small models; this costs at most 19 evaluations a run.
+TIMING_POINTS = 20
 # The running loss is checked for NaN or infinity every this many steps (a read-back from the device; on a GPU it
 # waits for the queued steps), the weights at every evaluation. A diverged run stops there, long before its end.
 FINITE_CHECK_STEPS = 10
@@ -141,6 +165,11 @@ class TrainResult:
     @property
     def images_per_second(self) -> float:
         return self.images_seen / self.train_seconds if self.train_seconds > 0 else math.nan
+
+    def seconds_to(self, accuracy: float) -> float | None:
+        """Training seconds until test accuracy first reached `accuracy` (to 1 / TIMING_POINTS of an epoch for
+        the accuracies train() was asked to time), or None."""
+        return next((h["train_seconds"] for h in self.history if h.get("eval_accuracy", 0) >= accuracy), None)
 
 
 @torch.no_grad()
@@ -218,24 +247,31 @@ def train(
     *,
     seed: int = 0,
     device: torch.device | str = "cpu",
-    evals_per_epoch: int = 1,
-    on_step: Callable[[dict], None] | None = None,
+    timed: tuple[float, ...] = (),
     stop_at_accuracy: float | None = None,
+    on_step: Callable[[dict], None] | None = None,
     streams: int | None = None,
 ) -> TrainResult:
-    """Train `model_name` with `recipe` on `train_split`, evaluating on `eval_split` evals_per_epoch times an epoch.
+    """Train `model_name` with `recipe` on `train_split`, evaluating on `eval_split` after every epoch.
 
-    on_step(info) is called after every step with running loss/accuracy, for progress bars. With
-    stop_at_accuracy, training stops at the first evaluation that reaches it (for time-to-accuracy). streams:
-    slices of each batch trained concurrently, one thread each (default: default_streams; 1 = plain steps).
+    timed: accuracies on `eval_split` whose first crossings are timed to 1 / TIMING_POINTS of an epoch
+    (result.seconds_to(accuracy); the history gains the rows of the timing points that found them).
+    stop_at_accuracy: timed too, and training ends with the epoch that reached it. on_step(info) is called after
+    every step with running loss and accuracy, for progress bars. streams: slices of each batch trained
+    concurrently, one thread each (default: default_streams, and 1 for a model with BatchNorm; 1 = plain steps).
     """
     device = torch.device(device)
     threads = torch.get_num_threads()
-    streams = default_streams(device, recipe.batch_size, threads) if streams is None else streams
-    if streams < 1:
-        raise UserError(f"streams must be at least 1, got {streams}")
     seed_everything(seed)
     model = get_model(model_name).to(device)
+    # Slices would each update BatchNorm's running statistics, from two threads at once: a race, and a result
+    # that depends on which slice ran first.
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if streams is None:
+        streams = 1 if batchnorm else default_streams(device, recipe.batch_size, threads)
+    if streams < 1 or (batchnorm and streams > 1):
+        why = "a model with BatchNorm trains in 1" if batchnorm else "it must be at least 1"
+        raise UserError(f"{model_name} cannot train in {streams} streams: {why}")
     if device.type == "cpu" and model_info(model_name).channels_last:
         model = model.to(memory_format=torch.channels_last)
     # fused: one kernel updates every parameter, instead of a handful of small ops per tensor per step.
@@ -250,7 +286,9 @@ def train(
     )
     steps_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
-    eval_at = {round(steps_per_epoch * (k + 1) / evals_per_epoch) for k in range(evals_per_epoch)}
+    timing_points = {round(steps_per_epoch * k / TIMING_POINTS) for k in range(1, TIMING_POINTS)}
+    pending = sorted({*timed, stop_at_accuracy} - {None}) if eval_split is not None else []
+    points: list[tuple[dict, dict]] = []  # (history row, weights) at this epoch's timing points
     result = TrainResult(model, recipe, seed, str(device), threads, streams)
     evaluating = 0.0  # evaluation seconds, left out of the training time
     start = _now(device)
@@ -278,28 +316,57 @@ def train(
                 info = {"epoch": epoch, "step": step + 1, "total_steps": total, "images": seen}
                 info.update(images_seen=result.images_seen, loss=run_loss, correct=run_correct)
                 on_step({**info, "elapsed": time.perf_counter() - start - evaluating})
-            if i + 1 not in eval_at:
+            last = i + 1 == steps_per_epoch
+            if not last and not (pending and i + 1 in timing_points):
                 continue
             paused = _now(device)
             result.train_seconds = paused - start - evaluating
             row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step + 1, "images": result.images_seen}
-            row.update(train_seconds=result.train_seconds, train_loss=run_loss.item() / seen)
-            row.update(train_accuracy=run_correct.item() / seen)
+            row.update(train_seconds=result.train_seconds, train_loss=run_loss / seen)
+            row.update(train_accuracy=run_correct / seen)
+            if (
+                not last
+            ):  # a timing point: keep the weights, to evaluate if this epoch reaches a timed accuracy
+                points.append((row, {k: v.clone() for k, v in model.state_dict().items()}))
+                evaluating += _now(device) - paused
+                continue
+            row.update(train_loss=row["train_loss"].item(), train_accuracy=row["train_accuracy"].item())
             if not (math.isfinite(row["train_loss"]) and all(p.isfinite().all() for p in model.parameters())):
                 raise Diverged(_diverged(model_name, recipe, step, total, "the loss or the weights"))
             if eval_split is not None:
                 with torch_threads(threads):  # evaluation uses every thread
                     result.final = evaluate(model, eval_split)
+                    crossed = [a for a in pending if result.final.accuracy >= a]
+                    if crossed:  # when, within this epoch: its timing points tell
+                        result.history += _first_crossing(model, points, eval_split, max(crossed))
+                pending = [a for a in pending if a not in crossed]
                 if not math.isfinite(result.final.loss):
                     raise Diverged(_diverged(model_name, recipe, step, total, "the test loss"))
                 row.update(eval_loss=result.final.loss, eval_accuracy=result.final.accuracy)
             result.history.append(row)
+            points.clear()
             evaluating += _now(device) - paused
             if stop_at_accuracy is not None and row.get("eval_accuracy", 0) >= stop_at_accuracy:
                 break
     result.contention = contention.record()
     model.eval()
     return result
+
+
+def _first_crossing(
+    model: nn.Module, points: list[tuple[dict, dict]], split: Split, target: float
+) -> list[dict]:
+    """History rows of the timing points, evaluated in order up to the first that reaches `target` (which is
+    also the first crossing of any lower accuracy)."""
+    probe, rows = copy.deepcopy(model), []
+    for row, weights in points:
+        probe.load_state_dict(weights)
+        ev = evaluate(probe, split)
+        row.update(train_loss=row["train_loss"].item(), train_accuracy=row["train_accuracy"].item())
+        rows.append({**row, "eval_loss": ev.loss, "eval_accuracy": ev.accuracy})
+        if ev.accuracy >= target:
+            break
+    return rows
 
 
 def _diverged(model_name: str, recipe: Recipe, step: int, total: int, what: str) -> str:
@@ -310,14 +377,17 @@ def _diverged(model_name: str, recipe: Recipe, step: int, total: int, what: str)
 
 
 def batches(split: Split, recipe: Recipe, seed: int, device: torch.device):
-    """(epoch, step in epoch, normalised images, labels) of every step: slices of a fresh randperm each epoch.
-    The permutations come from their own CPU generator, so the order is the same on every device."""
+    """(epoch, step in epoch, normalised images, labels) of every step: slices of a fresh randperm each epoch,
+    augmented if the recipe says so. The permutations and the augmentation's draws come from their own CPU
+    generator, so the order and the warps are the same on every device."""
     images, labels = split.images.to(device), split.labels.to(device)
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(recipe.epochs):
         perm = torch.randperm(len(labels), generator=gen).to(device)
         for i, idx in enumerate(perm.split(recipe.batch_size)):
-            yield epoch, i, normalize(images[idx]), labels[idx]
+            augmented = recipe.augment and epoch < recipe.epochs - recipe.plain_epochs
+            x = random_affine(images[idx].float(), gen) if augmented else images[idx]
+            yield epoch, i, normalize(x), labels[idx]
 
 
 def _now(device: torch.device) -> float:
@@ -407,6 +477,7 @@ def fit(
                 test_split,
                 seed=seed,
                 device=device,
+                timed=(TARGET_ACCURACY[model_name],),
                 on_step=on_step,
                 streams=streams,
             )
@@ -423,6 +494,8 @@ def fit(
         "test_accuracy": result.final.accuracy,
         "test_loss": result.final.loss,
         "train_seconds": result.train_seconds,
+        "target_accuracy": TARGET_ACCURACY[model_name],
+        "seconds_to_target": result.seconds_to(TARGET_ACCURACY[model_name]),
         "images_per_second": result.images_per_second,
         "streams": result.streams,
         **result.contention,

@@ -37,7 +37,7 @@ def test_help_shows_examples(capsys):
 def test_unknown_model_is_one_line_no_traceback():
     proc = run("train", "resnet")
     assert proc.returncode == 1
-    assert proc.stderr == "error: unknown model 'resnet'; choose from mlp, dnn, lenet\n"
+    assert proc.stderr == "error: unknown model 'resnet'; choose from mlp, dnn, lenet, cnn\n"
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from export import cli, to_onnx, verify
+from export.common import prepare
 from export.integrity import EXTRA_FILE, onnx_metadata
 from export.quantize import calibration_images, quantize_int8
 from export.to_pt2 import export_pt2, load_pt2
@@ -60,7 +61,7 @@ def _check_parity(logits: torch.Tensor, reference: torch.Tensor) -> None:
     assert torch.equal(logits.argmax(1), reference.argmax(1))
 
 
-@pytest.mark.parametrize("name", ["mlp", "dnn", "lenet"])
+@pytest.mark.parametrize("name", ["mlp", "dnn", "lenet", "cnn"])
 def test_onnx_round_trip_and_dynamic_batch(name, small_trained, onnx_files, images):
     model, _, _ = small_trained(name)
     reference = verify.reference_logits(model, images[:SUBSET])
@@ -71,7 +72,7 @@ def test_onnx_round_trip_and_dynamic_batch(name, small_trained, onnx_files, imag
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
-@pytest.mark.parametrize("name", ["mlp", "dnn", "lenet"])
+@pytest.mark.parametrize("name", ["mlp", "dnn", "lenet", "cnn"])
 def test_torch_formats_round_trip_and_dynamic_batch(name, fmt, small_trained, images, tmp_path):
     model, meta, _ = small_trained(name)
     export, load = (export_torchscript, load_torchscript) if fmt == "torchscript" else (export_pt2, load_pt2)
@@ -111,6 +112,18 @@ def test_onnx_file_contract_and_metadata(onnx_files, small_trained):
     assert "0.1307" in meta["normalisation"] and "0.3081" in meta["normalisation"]
     assert float(meta["test_accuracy"]) == small_trained("lenet")[1]["test_accuracy"]
     assert meta["seed"] == "0" and meta["recipe"] == "default"
+
+
+def test_batchnorm_is_folded_into_the_convolutions(onnx_files, small_trained, images):
+    ops = [n.op_type for n in onnx.load(str(onnx_files["cnn"])).graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 3
+    model, _, _ = small_trained("cnn")
+    folded = prepare(model).model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()
+    )  # the caller's model is untouched
+    _check_parity(folded(images[:SUBSET]), verify.reference_logits(model, images[:SUBSET]))
 
 
 def test_softmax_adds_probabilities(small_trained, images, tmp_path):
@@ -308,7 +321,7 @@ def test_results_table_reads_at_80_columns():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["resnet", "--onnx"], "unknown model 'resnet'; choose from mlp, dnn, lenet"),
+        (["resnet", "--onnx"], "unknown model 'resnet'; choose from mlp, dnn, lenet, cnn"),
         (["lenet", "--onnx", "--out", "{tmp}/missing/deeper"], "parent directory"),
         (["lenet", "--onnx", "--out", "{tmp}/file"], "is a file, not a directory"),
         (
@@ -354,7 +367,7 @@ def test_python_m_export_help_and_exit_codes():
     assert help_.returncode == 0 and "python -m export lenet --onnx" in help_.stdout
     bad = subprocess.run([*run, "nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        "error: unknown model 'nope'; choose from mlp, dnn, lenet (or all)"
+        "error: unknown model 'nope'; choose from mlp, dnn, lenet, cnn (or all)"
     ]
     with pytest.raises(SystemExit) as exit_:  # argparse's own errors exit 2
         cli.main(["lenet", "--opset", "x"])

@@ -10,12 +10,12 @@ from mnist_zoo import get_model, list_models, model_info
 from mnist_zoo.util import UserError
 
 
-def test_registry_lists_the_three_models():
-    assert list_models() == ["mlp", "dnn", "lenet"]
+def test_registry_lists_the_four_models():
+    assert list_models() == ["mlp", "dnn", "lenet", "cnn"]
 
 
 def test_unknown_model_lists_the_choices():
-    with pytest.raises(UserError, match="unknown model 'resnet'; choose from mlp, dnn, lenet"):
+    with pytest.raises(UserError, match="unknown model 'resnet'; choose from mlp, dnn, lenet, cnn"):
         get_model("resnet")
 
 
@@ -26,6 +26,12 @@ def test_unknown_model_lists_the_choices():
         ("mlp", 784 * 10 + 10, 784 * 10),
         ("dnn", 784 * 100 + 100 + 100 * 10 + 10, 784 * 100 + 100 * 10),
         ("lenet", 260 + 5020 + 32100 + 1010, 24 * 24 * 10 * 25 + 8 * 8 * 20 * 250 + 320 * 100 + 100 * 10),
+        # convolutions without bias, 2 BatchNorm parameters per channel; max-pools halve 28 -> 14 -> 7 -> 3
+        (
+            "cnn",
+            400 + 32 + 16 * 32 * 9 + 64 + 32 * 64 * 9 + 128 + 576 * 10 + 10,
+            28 * 28 * 16 * 25 + 14 * 14 * 32 * 16 * 9 + 7 * 7 * 64 * 32 * 9 + 576 * 10,
+        ),
     ],
 )
 def test_params_and_macs(name, params, macs):
@@ -34,7 +40,7 @@ def test_params_and_macs(name, params, macs):
     assert sum(p.numel() for p in get_model(name).parameters()) == params
 
 
-@pytest.mark.parametrize("name", ["mlp", "dnn", "lenet"])
+@pytest.mark.parametrize("name", ["mlp", "dnn", "lenet", "cnn"])
 def test_shapes_and_logits(name):
     torch.manual_seed(0)
     model = get_model(name)

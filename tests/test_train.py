@@ -111,8 +111,12 @@ def test_sliced_training_is_deterministic_and_restores_threads(train_split, test
         runs[0].model.state_dict().items(), runs[1].model.state_dict().values(), strict=True
     ):
         assert torch.equal(va, vb), k
-    with pytest.raises(UserError, match="streams must be at least 1"):
+    with pytest.raises(UserError, match="cannot train in -1 streams: it must be at least 1"):
         train("mlp", recipe, train_split.subset(torch.arange(256)), streams=-1)
+    # Slices would race on BatchNorm's running statistics: cnn trains in one stream, and refuses more.
+    assert train("cnn", recipe, subset.subset(torch.arange(256))).streams == 1
+    with pytest.raises(UserError, match="a model with BatchNorm trains in 1"):
+        train("cnn", recipe, subset.subset(torch.arange(256)), streams=2)
 
 
 def test_evaluate_counts_and_confusion(test_split):
@@ -125,13 +129,21 @@ def test_evaluate_counts_and_confusion(test_split):
     assert confusion.sum(1).tolist() == torch.bincount(test_split.labels).tolist()
 
 
-def test_stop_at_accuracy_stops_early(train_split, test_split):
-    r = train(
-        "mlp", recipe_for("mlp", epochs=3), train_split, test_split, evals_per_epoch=4, stop_at_accuracy=0.85
-    )
+def test_stop_at_accuracy_stops_with_the_epoch_that_reached_it(train_split, test_split):
+    r = train("mlp", recipe_for("mlp", epochs=3), train_split, test_split, stop_at_accuracy=0.85)
     assert r.history[-1]["eval_accuracy"] >= 0.85
-    assert all(h["eval_accuracy"] < 0.85 for h in r.history[:-1])
-    assert r.history[-1]["step"] < 3 * 469
+    assert r.history[-1]["step"] == 469  # mlp is above 85% within its first epoch of 469 steps
+
+
+def test_time_to_accuracy_is_found_between_evaluations(train_split, test_split):
+    r = train("mlp", recipe_for("mlp", epochs=2), train_split, test_split, timed=(0.9,))
+    crossing = next(h for h in r.history if h["eval_accuracy"] >= 0.9)
+    before = r.history[: r.history.index(crossing)]
+    # An evaluation per epoch alone would put the crossing at epoch 1.0: the timing points place it inside it.
+    assert crossing["epoch"] < 1.0 and all(h["eval_accuracy"] < 0.9 for h in before)
+    assert r.seconds_to(0.9) == crossing["train_seconds"] < r.history[len(before) + 1]["train_seconds"]
+    assert [h["epoch"] for h in r.history][-2:] == [1.0, 2.0]  # the epochs' own evaluations are all there
+    assert r.seconds_to(0.999) is None
 
 
 def test_checkpoint_round_trip(small_trained, tmp_path):
