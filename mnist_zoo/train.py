@@ -222,12 +222,14 @@ def train(
     on_step: Callable[[dict], None] | None = None,
     stop_at_accuracy: float | None = None,
     streams: int | None = None,
+    on_eval: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `model_name` with `recipe` on `train_split`, evaluating on `eval_split` evals_per_epoch times an epoch.
 
     on_step(info) is called after every step with running loss/accuracy, for progress bars. With
     stop_at_accuracy, training stops at the first evaluation that reaches it (for time-to-accuracy). streams:
     slices of each batch trained concurrently, one thread each (default: default_streams; 1 = plain steps).
+    on_eval(row) is called with each history row as it is made (a sweep reports it to Ray Tune).
     """
     device = torch.device(device)
     threads = torch.get_num_threads()
@@ -294,6 +296,8 @@ def train(
                     raise Diverged(_diverged(model_name, recipe, step, total, "the test loss"))
                 row.update(eval_loss=result.final.loss, eval_accuracy=result.final.accuracy)
             result.history.append(row)
+            if on_eval is not None:
+                on_eval(row)
             evaluating += _now(device) - paused
             if stop_at_accuracy is not None and row.get("eval_accuracy", 0) >= stop_at_accuracy:
                 break
