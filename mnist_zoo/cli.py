@@ -208,10 +208,13 @@ def _setup(args: argparse.Namespace) -> torch.device:
     """The device, then the threads (which may print a note on a busy machine): call it once the input is checked,
     so that bad input is one line, before any note."""
     device = resolve_device(args.device)
-    ray = getattr(args, "ray", None)
-    if ray is not None:  # checked now, so that a missing Ray is one line before any work
+    threads = args.threads
+    if (
+        getattr(args, "ray", None) is not None
+    ):  # checked now, so that a missing Ray is one line before any work
         cluster.import_ray()
-    set_threads(args.threads or cluster.DEFAULT_THREADS if ray is not None else args.threads)
+        threads = cluster.DEFAULT_THREADS if threads is None else threads
+    set_threads(threads)
     return device
 
 
@@ -261,7 +264,7 @@ def _fit_all(names: list[str], args: argparse.Namespace, checkpoint: str | None 
     if distributed.launched():  # under torchrun: data-parallel, each rank on its share of this machine's CPUs
         if args.command != "train" or args.streams not in (None, 1):
             raise UserError("under torchrun, run `train MODEL` without --streams (each rank trains a shard)")
-        args.threads = args.threads or distributed.default_threads()
+        args.threads = distributed.default_threads() if args.threads is None else args.threads
     train_split, test_split = data.load("train", args.data_dir), data.load("test", args.data_dir)
     device = _setup(args)
     options = dict(seed=args.seed, device=device, checkpoint=checkpoint)
@@ -640,8 +643,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     args.ray = args.ray or cluster.LOCAL  # a sweep always runs on Ray: a local one unless told otherwise
     device = _setup(args)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    configs = len(sweep.configurations(base, grid)) * args.seeds * (args.folds or 1)
-    err.print(f"sweep {args.model}: {configs} trial(s) on Ray, {torch.get_num_threads()} thread(s) each")
+    trials = len(sweep.configurations(base, grid)) * args.seeds * (args.folds or 1)
+    err.print(f"sweep {args.model}: {trials} trial(s) on Ray, {torch.get_num_threads()} thread(s) each")
     start = time.perf_counter()
     record = sweep.run(
         args.model,

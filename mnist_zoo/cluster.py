@@ -28,7 +28,7 @@ from mnist_zoo import cpu
 from mnist_zoo.data import Split
 from mnist_zoo.runs import Job, RunStore, outcome
 from mnist_zoo.train import Progress, steps_for, train
-from mnist_zoo.util import UserError
+from mnist_zoo.util import UserError, err
 
 EXTRA = "pip install 'mnist-zoo[ray]'"
 LOCAL = "local"  # --ray with no address: a local Ray on the CPUs available here
@@ -94,7 +94,6 @@ class RayExecutor:
     def __init__(self, address: str | None, threads: int, device: torch.device) -> None:
         check_address(address)
         self.address, self.threads, self.device = address, threads, device
-        self.concurrent: int | None = None  # runs the cluster could hold at once (its CPUs // threads)
 
     def run_all(
         self,
@@ -129,7 +128,10 @@ class RayExecutor:
             return records
         with connected(self.address) as ray:
             cpus = ray.cluster_resources().get("CPU", 0)
-            self.concurrent = int(cpus // self.threads)
+            at_once = (
+                f"up to {int(cpus // self.threads)} at once on {cpus:g} CPUs, {self.threads} thread(s) each"
+            )
+            err.print(f"ray: {len(todo)} run(s) to train, {at_once}", highlight=False)
             gpus = 1 if device.type == "cuda" else 0
             task = ray.remote(train_job).options(num_cpus=self.threads, num_gpus=gpus, max_retries=0)
             shared = ray.put(data)  # once: every task reads the same uint8 tensors from the object store

@@ -1,6 +1,7 @@
 """Ray for many runs (--ray on cv, evaluate --seeds, compare): the same results as the sequential path, the runs
-store written by the driver, one-line errors, and no Ray imported without --ray. Needs the ray extra
-(pip install 'mnist-zoo[ray]', tox -e ray); skipped with that reason without it."""
+store written by the driver, one-line errors, and no Ray imported without --ray; and a sweep end to end on Ray
+Tune, which must never look at the test set. The tests that run Ray share one local Ray of 2 CPUs and need the
+ray extra (pip install 'mnist-zoo[ray]', tox -e ray); without it they are skipped with that reason."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mnist_zoo import cli, sweep
 from mnist_zoo.cli import main
 
 QUICK = ["--epochs", "1", "--train-size", "900", "--no-progress", "--threads", "1", "--no-plots", "--json"]
@@ -44,7 +46,11 @@ def test_ray_asked_for_without_ray_names_the_extra(capsys, tmp_path, monkeypatch
 
 
 def _runs(record: dict, key: str) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in CLOCK} for r in record[key]]
+    """The runs' results without their clocks (the history's training times included)."""
+    runs = [{k: v for k, v in r.items() if k not in CLOCK} for r in record[key]]
+    for r in runs:
+        r["history"] = [{k: v for k, v in row.items() if k != "train_seconds"} for row in r["history"]]
+    return runs
 
 
 def test_cv_on_ray_gives_the_sequential_results(ray_2_cpus, tmp_path, capsys):
@@ -77,9 +83,31 @@ def test_a_diverged_run_on_ray_is_one_line(ray_2_cpus, tmp_path, capsys, monkeyp
     from mnist_zoo import train as train_module
 
     monkeypatch.setitem(
-        train_module.DEFAULTS, "mlp", train_module.replace(train_module.DEFAULTS["mlp"], lr=1e30)
+        train_module.DEFAULTS, "mlp", train_module.replace(train_module.DEFAULTS["mlp"], lr=1e35)
     )
     argv = ["evaluate", "mlp", "--seeds", "1", *QUICK, "--report-dir", str(tmp_path), "--ray"]
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 3 and err.count("\n") == 1 and "diverged" in err
+
+
+def test_sweep_ranks_configurations_on_held_out_images(ray_2_cpus, tmp_path, capsys, monkeypatch):
+    real_load = cli.data.load
+
+    def no_test_set(split, *args, **kwargs):
+        assert split == "train", "a sweep must never load the test set"
+        return real_load(split, *args, **kwargs)
+
+    monkeypatch.setattr(cli.data, "load", no_test_set)
+    argv = ["sweep", "mlp", "--grid", "lr=0.05,1e-5", "--folds", "2", "--epochs", "2", "--train-size", "600"]
+    assert (
+        main([*argv, "--threads", "1", "--report-dir", str(tmp_path), "--scheduler", "fifo", "--json"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["heldout"] == "cv folds" and out["images"] == 600 and len(out["trials"]) == 4
+    assert all(t["finished"] and t["epochs_reached"] == 2 for t in out["trials"])  # fifo: none stopped
+    best, worst = out["configurations"]
+    assert best["grid"] == {"lr": 0.05} and best["finished"] == 2  # a learning rate of 1e-5 learns nothing
+    assert best["accuracy"]["mean"] > worst["accuracy"]["mean"] + 0.2
+    recipe = sweep.read_recipe_file(out["best_recipe_file"], "mlp")
+    assert recipe.lr == 0.05 and recipe.epochs == 2

@@ -1,5 +1,5 @@
-"""sweep: the grid and recipe files (no Ray needed), and a small sweep on a local Ray of 2 CPUs (the ray extra;
-skipped with the reason without it), which must never look at the test set."""
+"""sweep's grid and recipe files, which need no Ray (a sweep end to end is in test_cluster.py, beside the other
+Ray tests, so that they share one local Ray)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from mnist_zoo import cli, sweep
+from mnist_zoo import sweep
 from mnist_zoo.cli import main
 from mnist_zoo.train import recipe_for
 from mnist_zoo.util import UserError
@@ -55,25 +55,3 @@ def test_sweep_help_shows_an_example(capsys):
         "example: python -m mnist_zoo sweep lenet --grid lr=0.1,0.15 --folds 2 --ray"
         in capsys.readouterr().out
     )
-
-
-def test_sweep_ranks_configurations_on_held_out_images(ray_2_cpus, tmp_path, capsys, monkeypatch):
-    real_load = cli.data.load
-
-    def no_test_set(split, *args, **kwargs):
-        assert split == "train", "a sweep must never load the test set"
-        return real_load(split, *args, **kwargs)
-
-    monkeypatch.setattr(cli.data, "load", no_test_set)
-    argv = ["sweep", "mlp", "--grid", "lr=0.05,1e-5", "--folds", "2", "--epochs", "2", "--train-size", "600"]
-    assert (
-        main([*argv, "--threads", "1", "--report-dir", str(tmp_path), "--scheduler", "fifo", "--json"]) == 0
-    )
-    out = json.loads(capsys.readouterr().out)
-    assert out["heldout"] == "cv folds" and out["images"] == 600 and len(out["trials"]) == 4
-    assert all(t["finished"] and t["epochs_reached"] == 2 for t in out["trials"])  # fifo: none stopped
-    best, worst = out["configurations"]
-    assert best["grid"] == {"lr": 0.05} and best["finished"] == 2  # a learning rate of 1e-5 learns nothing
-    assert best["accuracy"]["mean"] > worst["accuracy"]["mean"] + 0.2
-    recipe = sweep.read_recipe_file(out["best_recipe_file"], "mlp")
-    assert recipe.lr == 0.05 and recipe.epochs == 2
