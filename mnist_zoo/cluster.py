@@ -72,7 +72,8 @@ def connected(address: str | None) -> Iterator[ModuleType]:
                 ray.init(address=address, **quiet)
         except Exception as e:  # ConnectionError, RuntimeError, ValueError...: Ray's messages run to lines
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"cannot start or reach Ray at {address or 'a local Ray'}: {reason}") from None
+            where = "start a local Ray" if address is None else f"reach Ray at {address}"
+            raise UserError(f"cannot {where}: {reason}") from None
     try:
         yield ray
     finally:
