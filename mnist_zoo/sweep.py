@@ -16,9 +16,11 @@ file (JSON) that `train --recipe-file` reads. Sweeps always run on Ray (a local 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -196,7 +198,8 @@ def run(
             ),
             run_config=tune.RunConfig(name=f"sweep-{model}", storage_path=str(storage.absolute()), verbose=0),
         )
-        results = tuner.fit()
+        with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own tables: stdout is ours (--json)
+            results = tuner.fit()
     trials = [_trial_record(results[i], base) for i in range(len(results))]
     ranked = _rank(configs, base, trials)
     record = {
