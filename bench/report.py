@@ -8,7 +8,8 @@ check reads the same rows).
     >>> doc = load("results.json")
     >>> rows = derive(rows_of(doc))         # our rows, with speed-ups and training ratios filled in
 
-A row is the `extra_info` of one benchmark (kind: inference, accuracy, epoch, time-to-accuracy, tutorial).
+A row is the `extra_info` of one benchmark (kind: inference, accuracy, epoch, time-to-accuracy, tutorial,
+scaling).
 Derived figures are ratios of rows measured in the same run on the same machine: speed-up vs PyTorch eager at
 its fastest thread count; zoo training vs the tutorial pipeline for the same model. In the tables the fastest
 runtime of each batch and thread count is starred; a row whose spread (IQR / median) is over NOISY_SPREAD is
@@ -356,6 +357,40 @@ def training_table(rows: list[dict]) -> Table | None:
     return t
 
 
+def scaling_table(rows: list[dict]) -> Table | None:
+    """Training images/s on 1 and 2 data-parallel processes and on one process's batch slices
+    (bench/test_scaling.py), with the scaling efficiency of each against one process."""
+    found = matching(rows, kind="scaling")
+    if not found:
+        return None
+    t = Table(title="Training scaling (one epoch of lenet, fresh processes)", title_justify="left")
+    for col in (
+        "device",
+        "engine",
+        "processes",
+        "threads each",
+        "images/s",
+        "scaling efficiency",
+        "test accuracy",
+    ):
+        t.add_column(col, justify="left" if col in ("device", "engine") else "right")
+    for r in found:
+        eff = fmt_pct(r.get("scaling_efficiency"), 0) if r.get("scaling_efficiency") else "-"
+        engine = f"{r['engine']} ({r['backend']})" if r.get("backend") else r["engine"]
+        speed = fmt_num(r["images_per_second"]) + flags(r)
+        t.add_row(
+            r["device"],
+            engine,
+            str(r["processes"]),
+            str(r["threads"]),
+            speed,
+            eff,
+            fmt_pct(r["test_accuracy"]),
+        )
+    t.caption = "efficiency: images/s / (workers x one process's images/s), workers = processes (ddp) or threads (slices)"
+    return t
+
+
 def targets_table(rows: list[dict]) -> Table | None:
     found = targets(rows)
     if not found:
@@ -504,7 +539,8 @@ def render(doc: dict, file: TextIO, width: int | None = None, color: bool = Fals
     console = make_console(file, width, color)
     rows = derive(rows_of(doc))
     console.print(header(machine_of(doc), rows))
-    summary = [accuracy_table(rows), training_table(rows), targets_table(rows), deployment_table(rows)]
+    summary = [accuracy_table(rows), training_table(rows), scaling_table(rows), targets_table(rows)]
+    summary.append(deployment_table(rows))
     for table in [*summary, threads_table(rows), *inference_tables(rows)]:
         if table is not None:
             console.print(table)

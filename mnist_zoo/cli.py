@@ -25,12 +25,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from rich.table import Table
 
-from mnist_zoo import compare, crossval, data, plots, predict
+from mnist_zoo import cluster, compare, crossval, data, distributed, plots, predict, sweep
 from mnist_zoo.augment import robustness
 from mnist_zoo.checkpoint import (
     check_target,
@@ -67,7 +68,17 @@ from mnist_zoo.util import (
 PROG = "mnist-zoo" if Path(sys.argv[0]).name == "mnist-zoo" else "python -m mnist_zoo"
 # Options that `evaluate` honours only with --seeds (without it, evaluate scores the saved checkpoint).
 DATA_HELP = "MNIST directory (default: $MNIST_ZOO_DATA, then cache, download, npm)"
-SEED_ONLY = ("recipe", "epochs", "seed", "train_size", "report_dir", "no_plots", "no_progress", "fresh")
+SEED_ONLY = (
+    "recipe",
+    "epochs",
+    "seed",
+    "train_size",
+    "report_dir",
+    "no_plots",
+    "no_progress",
+    "fresh",
+    "ray",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _training(p)
     p.add_argument("--checkpoint", help="where to save (default: the checkpoint directory, <model>.pt)")
+    p.add_argument("--recipe-file", metavar="FILE", help="the recipe in FILE (JSON, as `sweep` writes it)")
 
     p = command(
         "evaluate",
@@ -116,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _training(p, study=True)
 
+    _sweep_parser(command, model_help)
+
     p = command("predict", "the digit in image files", "lenet seven.png photo.jpg", predict.__doc__)
     p.add_argument(
         "model", help="a zoo model (its checkpoint, trained first if missing) or a checkpoint path"
@@ -132,6 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sweep_parser(command: Callable[..., argparse.ArgumentParser], model_help: str) -> None:
+    example = "lenet --grid lr=0.1,0.15 --folds 2 --ray"
+    p = command(
+        "sweep", "hyperparameter search on Ray Tune, scored on held-out images", example, sweep.__doc__
+    )
+    p.add_argument("model", help=model_help)
+    keys = ", ".join(sweep.GRID_KEYS)
+    p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2", help=f"KEY one of {keys}")
+    p.add_argument("--seeds", type=int, default=1, help="runs per configuration and fold (default: 1)")
+    p.add_argument("--folds", type=int, help="score on K cv folds (default: a 10,000-image validation split)")
+    p.add_argument(
+        "--scheduler", choices=sweep.SCHEDULERS, default="asha", help="asha stops poor trials early"
+    )
+    p.add_argument(
+        "--out", metavar="FILE", help="the best recipe (default: <report dir>/sweep-MODEL-best.json)"
+    )
+    _common(p)
+    _training(p, study=True, sweeping=True)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help=DATA_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto = cuda when present)")
@@ -139,7 +173,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _training(p: argparse.ArgumentParser, study: bool = False, evaluate: bool = False) -> None:
+def _training(
+    p: argparse.ArgumentParser, study: bool = False, evaluate: bool = False, sweeping: bool = False
+) -> None:
     """The options of every command that trains. On `evaluate` they default to None, so that using one without
     --seeds is caught rather than silently ignored, and their help says so."""
     group = p.add_argument_group("training (with --seeds only)") if evaluate else p
@@ -161,16 +197,44 @@ def _training(p: argparse.ArgumentParser, study: bool = False, evaluate: bool = 
         return
     add("--train-size", type=int, metavar="N", help="train on a stratified subset of N training images")
     add("--report-dir", help="JSON and pictures go here (default: $MNIST_ZOO_REPORTS or reports/)")
-    add("--no-plots", action="store_true", default=False, help="numbers only, no pictures")
-    add("--fresh", action="store_true", default=False, help="retrain instead of reusing saved runs")
+    if not sweeping:  # a sweep keeps Tune's results, not saved runs, and draws nothing
+        add("--no-plots", action="store_true", default=False, help="numbers only, no pictures")
+        add("--fresh", action="store_true", default=False, help="retrain instead of reusing saved runs")
+    _ray_option(group, "each trial" if sweeping else "each run")
+
+
+def _ray_option(p: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "each run") -> None:
+    ray = f"{what} a Ray task on --threads CPUs (default with --ray: {cluster.DEFAULT_THREADS}): no ADDRESS starts a"
+    ray += " local Ray on this machine's CPUs; auto or ray://host:10001 uses a cluster (needs mnist-zoo[ray])"
+    p.add_argument("--ray", nargs="?", const=cluster.LOCAL, metavar="ADDRESS", help=ray)
 
 
 def _setup(args: argparse.Namespace) -> torch.device:
     """The device, then the threads (which may print a note on a busy machine): call it once the input is checked,
     so that bad input is one line, before any note."""
     device = resolve_device(args.device)
-    set_threads(args.threads)
+    threads = args.threads
+    if (
+        getattr(args, "ray", None) is not None
+    ):  # checked now, so that a missing Ray is one line before any work
+        cluster.import_ray()
+        threads = cluster.DEFAULT_THREADS if threads is None else threads
+    set_threads(threads)
     return device
+
+
+def _address(ray: str) -> str | None:
+    return None if ray == cluster.LOCAL else ray
+
+
+def _store(args: argparse.Namespace, folder: Path) -> RunStore:
+    """The runs store of a study; with --ray, its runs are Ray tasks (threads and device as _setup set them)."""
+    executor = None
+    if args.ray is not None:
+        executor = cluster.RayExecutor(
+            _address(args.ray), torch.get_num_threads(), resolve_device(args.device)
+        )
+    return RunStore(folder, fresh=bool(args.fresh), executor=executor)
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -191,24 +255,37 @@ def _printed_json(args: argparse.Namespace, record: dict, path: Path | None = No
 
 def _fit_all(names: list[str], args: argparse.Namespace, checkpoint: str | None = None) -> list[dict]:
     """Train and save `names`, after checking every input and output path: bad input never costs a training."""
-    recipes = {
-        n: recipe_for(n, args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-        for n in names
-    }
+    overrides = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    recipes = {n: recipe_for(n, args.recipe, **overrides) for n in names}
+    if getattr(args, "recipe_file", None):  # sweep's winner, with any --epochs, --batch-size, --lr on top
+        if args.recipe != "default":
+            raise UserError("--recipe-file replaces --recipe: give one of them")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        recipes = {n: replace(sweep.read_recipe_file(args.recipe_file, n), **given) for n in names}
     if args.streams is not None and args.streams < 1:
         raise UserError(f"--streams must be at least 1, got {args.streams}")
     for name in names:
         check_target(checkpoint or checkpoint_path(name), name, explicit=checkpoint is not None)
+    if distributed.launched():  # under torchrun: data-parallel, each rank on its share of this machine's CPUs
+        if args.command != "train" or args.streams not in (None, 1):
+            raise UserError("under torchrun, run `train MODEL` without --streams (each rank trains a shard)")
+        args.threads = distributed.default_threads() if args.threads is None else args.threads
     train_split, test_split = data.load("train", args.data_dir), data.load("test", args.data_dir)
     device = _setup(args)
-    options = dict(seed=args.seed, device=device, streams=args.streams, checkpoint=checkpoint)
+    options = dict(seed=args.seed, device=device, checkpoint=checkpoint)
     options.update(progress=_progress(args), overwrite=args.replace)
-    return [fit(name, recipes[name], train_split, test_split, **options) for name in names]
+    if distributed.launched():
+        return [distributed.fit(names[0], recipes[names[0]], train_split, test_split, **options)]
+    return [
+        fit(name, recipes[name], train_split, test_split, streams=args.streams, **options) for name in names
+    ]
 
 
 def _results_table(records: list[dict]) -> Table:
     r = records[0]
     slices = f", {r['streams']} batch slices at once" if r.get("streams", 1) > 1 else ""
+    if "world_size" in r:  # torchrun: data-parallel processes
+        slices = f" per process, {r['world_size']} processes ({r['backend']})"
     title = f"{r['device_name']} ({r['device']}), {r['threads']} threads{slices}, torch {r['torch_version']}"
     t = Table(title=f"{title}, seed {r['seed']}")
     for col in ("model", "recipe", "epochs", "test accuracy", "train s", "images/s"):
@@ -238,6 +315,8 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     [record] = _fit_all([args.model], args, args.checkpoint)
+    if not distributed.is_main():  # torchrun: rank 0 speaks for the run
+        return 0
     if _printed_json(args, record):
         return 0
     out.print(_results_table([record]))
@@ -392,7 +471,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     crossval.stratified_folds(split.labels, args.folds)  # a bad --folds is one line, before _setup's notes
     device = _setup(args)
     summary_path, stem = folder / f"cv-{args.model}.json", folder / f"cv-{args.model}"
-    store = RunStore(folder, fresh=args.fresh)
+    store = _store(args, folder)
     options = dict(folds=args.folds, seed=args.seed, device=device, store=store, subset=subset)
     try:
         summary = crossval.cross_validate(
@@ -450,21 +529,24 @@ def _studies(args: argparse.Namespace, models: list[str], n_seeds: int) -> tuple
     train, subset = _training_data(args)
     test = data.load("test", args.data_dir)
     device = _setup(args)
-    store = RunStore(folder, fresh=bool(args.fresh))
+    store = _store(args, folder)
+    jobs = {m: compare.seed_jobs(m, recipes[m], seeds, subset) for m in models}
+    everything = [j for m in models for j in jobs[m]]  # one list: with --ray, every model's seeds at once
     total = sum(steps_for(len(train), recipes[m]) * n_seeds for m in models)
-    studies, predictions = [], []
     try:
         with Progress("train", total, _progress(args)) as bar:
-            for m in models:
-                options = dict(seeds=seeds, device=device, store=store, progress=bar, subset=subset)
-                study, preds = compare.seed_study(m, recipes[m], train, test, **options)
-                studies.append(study)
-                predictions.append(preds)
+            records = store.run_all(everything, {"train": train, "test": test}, device=device, progress=bar)
     except KeyboardInterrupt:
         err.print(
             f"{store.saved} run(s) finished and saved in {store.directory}; the same command again reuses them"
         )
         raise
+    studies, predictions = [], []
+    for i, m in enumerate(models):
+        mine = records[i * n_seeds : (i + 1) * n_seeds]
+        study, preds = compare.seed_study(jobs[m], mine, len(train), len(test), subset)
+        studies.append(study)
+        predictions.append(preds)
     _note_reused(store)
     return studies, predictions, test, device
 
@@ -560,6 +642,85 @@ def _p(p: float | None) -> str:
     return compare.format_p(p).removeprefix("p ").removeprefix("= ")
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    cluster.import_ray("sweep")  # first: without Ray, nothing of a sweep can run
+    base = recipe_for(args.model, args.recipe, epochs=args.epochs)
+    grid = sweep.parse_grid(args.grid)
+    sweep.configurations(base, grid)  # every combination checked before any work
+    if not 1 <= args.seeds <= compare.MAX_SEEDS:
+        raise UserError(f"--seeds must be between 1 and {compare.MAX_SEEDS}, got {args.seeds}")
+    folder = _reports(args)
+    best_path = Path(args.out) if args.out else folder / f"sweep-{args.model}-best.json"
+    check_output_dir(best_path.parent, f"--out {best_path}", parents=True)
+    split, subset = _training_data(args)
+    crossval.stratified_folds(split.labels, sweep.VALIDATION_FOLDS if args.folds is None else args.folds)
+    args.ray = args.ray or cluster.LOCAL  # a sweep always runs on Ray: a local one unless told otherwise
+    device = _setup(args)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    trials = len(sweep.configurations(base, grid)) * args.seeds * (args.folds or 1)
+    err.print(f"sweep {args.model}: {trials} trial(s) on Ray, {torch.get_num_threads()} thread(s) each")
+    start = time.perf_counter()
+    record = sweep.run(
+        args.model,
+        base,
+        grid,
+        split,
+        seeds=seeds,
+        folds=args.folds,
+        scheduler=args.scheduler,
+        address=_address(args.ray),
+        threads=torch.get_num_threads(),
+        device=device,
+        storage=folder / "tune",
+    )
+    record.update(subset=subset, wall_seconds=time.perf_counter() - start, **environment(device))
+    top = record["configurations"][0]
+    if top["finished"]:
+        provenance = {"sweep": str(folder / f"sweep-{args.model}.json"), "grid": top["grid"]}
+        provenance["heldout_accuracy"] = top["accuracy"]
+        sweep.write_recipe_file(best_path, args.model, replace(base, name="sweep", **top["grid"]), provenance)
+        record["best_recipe_file"] = str(best_path)
+    if _printed_json(args, record, folder / f"sweep-{args.model}.json"):
+        return 0
+    t = Table(
+        title=f"{args.model}: {len(record['configurations'])} configurations, ranked by held-out accuracy"
+    )
+    for col in ("rank", *grid, "held-out accuracy (mean ± std)", "range", "runs finished", "stopped early"):
+        t.add_column(col, justify="right")
+    for rank, c in enumerate(record["configurations"], 1):
+        a = c["accuracy"]
+        span = f"{a['min'] * 100:.2f}-{a['max']:.2%}" if a else "-"
+        stopped = ", ".join(f"epoch {e}" for e in c["stopped_at"]) + (
+            f" {c['errors']} failed" if c["errors"] else ""
+        )
+        cells = [str(c["grid"][k]) for k in grid]
+        t.add_row(
+            str(rank),
+            *cells,
+            _mean_std(a) if a else "-",
+            span,
+            f"{c['finished']}/{c['runs']}",
+            stopped or "-",
+        )
+    out.print(t)
+    held = record["heldout"]
+    out.print(
+        f"held-out: {held}; {record['concurrent']} trial(s) at once on {record['cpus']:g} CPU(s); "
+        f"wall time {record['wall_seconds']:.0f} s",
+        highlight=False,
+    )
+    if "best_recipe_file" in record:
+        out.print(f"best recipe: {best_path}", highlight=False)
+        out.print(
+            f"train it on all 60,000 images: {PROG} train {args.model} --recipe-file {best_path}",
+            highlight=False,
+        )
+    else:
+        out.print("no configuration finished every run: no recipe file written")
+    out.print(f"  results          {folder / f'sweep-{args.model}.json'}", highlight=False)
+    return 0
+
+
 # --- predict -------------------------------------------------------------------------------------------------
 
 
@@ -602,6 +763,7 @@ COMMANDS = {
     "list": cmd_list,
     "cv": cmd_cv,
     "compare": cmd_compare,
+    "sweep": cmd_sweep,
     "predict": cmd_predict,
     "data": cmd_data,
 }
@@ -609,7 +771,13 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return guarded(lambda: COMMANDS[args.command](args))
+
+    def command() -> int:
+        if getattr(args, "ray", None) is not None:  # first: `compare --ray mlp dnn` gave --ray a model name
+            cluster.check_address(_address(args.ray))
+        return COMMANDS[args.command](args)
+
+    return guarded(command)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from mnist_zoo.data import Split
-from mnist_zoo.runs import RunStore, decode_predictions
-from mnist_zoo.train import Progress, Recipe
+from mnist_zoo.runs import Job, decode_predictions
+from mnist_zoo.train import Recipe
 
 DEFAULT_COMPARE_SEEDS = 3  # the fewest that give a spread and an interval; --seeds 5 narrows them
 MAX_SEEDS = 100
@@ -192,28 +191,22 @@ def verdict(
     return {"significant": significant, "better": better if significant else None, "words": words}
 
 
-def seed_study(
-    model: str,
-    recipe: Recipe,
-    train_split: Split,
-    test_split: Split,
-    *,
-    seeds: list[int],
-    device: torch.device,
-    store: RunStore,
-    progress: Progress | None = None,
-    subset: dict | None = None,
-) -> tuple[dict, list[torch.Tensor]]:
-    """Train (or reuse) one run per seed; returns (summary, test-set predictions per seed)."""
-    runs, predictions = [], []
+def seed_jobs(model: str, recipe: Recipe, seeds: list[int], subset: dict | None = None) -> list[Job]:
+    """One run per seed: trained on the "train" split, scored on the "test" split (its predictions kept)."""
     config = {"data": "train", "subset": subset, "eval": "test"}
-    for s in seeds:
-        options = dict(seed=s, label=f"seed{s}", config=config, device=device, progress=progress)
-        record = store.run(model, recipe, train_split, test_split, **options, keep_predictions=True)
-        predictions.append(decode_predictions(record["predictions"]))
-        runs.append({k: record[k] for k in RUN_FIELDS})
-    summary = {"model": model, "recipe": asdict(recipe), "seeds": list(seeds), "subset": subset}
-    summary.update(train_images=len(train_split), test_images=len(test_split), runs=runs)
+    whole = ("train", None), ("test", None)
+    return [Job(model, recipe, s, f"seed{s}", config, *whole, keep_predictions=True) for s in seeds]
+
+
+def seed_study(
+    jobs: list[Job], records: list[dict], train_images: int, test_images: int, subset: dict | None = None
+) -> tuple[dict, list[torch.Tensor]]:
+    """The summary of one model's seed runs (seed_jobs and their records); returns (summary, test-set
+    predictions per seed)."""
+    runs = [{k: r[k] for k in RUN_FIELDS} for r in records]
+    predictions = [decode_predictions(r["predictions"]) for r in records]
+    summary = {"model": jobs[0].model, "recipe": asdict(jobs[0].recipe), "seeds": [j.seed for j in jobs]}
+    summary.update(subset=subset, train_images=train_images, test_images=test_images, runs=runs)
     summary["accuracy"] = summarize([r["accuracy"] for r in runs])
     summary["train_seconds"] = summarize([r["train_seconds"] for r in runs])
     return summary, predictions

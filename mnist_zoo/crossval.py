@@ -19,7 +19,7 @@ import torch
 
 from mnist_zoo.compare import summarize
 from mnist_zoo.data import Split
-from mnist_zoo.runs import RunStore
+from mnist_zoo.runs import Job, RunStore
 from mnist_zoo.train import Progress, Recipe, steps_for
 from mnist_zoo.util import UserError, environment, write_json
 
@@ -88,23 +88,27 @@ def cross_validate(
         "wall_seconds": 0.0,
         **environment(device),
     }
-    train_sizes = [len(split) - len(h) for h in held_out]
+    jobs = []
+    for f, held in enumerate(held_out):
+        rest = torch.ones(len(split), dtype=torch.bool)
+        rest[held] = False
+        config = {"data": "train", "subset": subset, "fold": f, "folds": folds, "fold_seed": seed}
+        train_on = ("train", rest.nonzero().squeeze(1))
+        jobs.append(Job(model, recipe, seed, f"cv{folds}-fold{f + 1}", config, train_on, ("train", held)))
     write_json(summary_path, summary)  # from the start, the file on disk describes this run, not an older one
     start = time.perf_counter()
-    with Progress(f"cv {model}", sum(steps_for(n, recipe) for n in train_sizes), progress) as bar:
-        for f, held in enumerate(held_out):
-            rest = torch.ones(len(split), dtype=torch.bool)
-            rest[held] = False
-            config = {"data": "train", "subset": subset, "fold": f, "folds": folds, "fold_seed": seed}
-            options = dict(
-                seed=seed, label=f"cv{folds}-fold{f + 1}", config=config, device=device, progress=bar
-            )
-            record = store.run(model, recipe, split.subset(rest), split.subset(held), **options)
-            result = {"fold": f + 1, "train_images": len(split) - len(held), "heldout_images": len(held)}
-            result.update({k: record[k] for k in FOLD_FIELDS})
-            summary["fold_results"].append(result)
-            accuracy = summarize([r["accuracy"] for r in summary["fold_results"]])
-            summary.update(folds_done=f + 1, complete=f + 1 == folds, accuracy=accuracy)
-            summary["wall_seconds"] = time.perf_counter() - start
-            write_json(summary_path, summary)
+
+    def finished(f: int, record: dict) -> None:  # called in fold order: the summary grows fold by fold
+        held = len(held_out[f])
+        result = {"fold": f + 1, "train_images": len(split) - held, "heldout_images": held}
+        result.update({k: record[k] for k in FOLD_FIELDS})
+        summary["fold_results"].append(result)
+        accuracy = summarize([r["accuracy"] for r in summary["fold_results"]])
+        summary.update(folds_done=f + 1, complete=f + 1 == folds, accuracy=accuracy)
+        summary["wall_seconds"] = time.perf_counter() - start
+        write_json(summary_path, summary)
+
+    total = sum(steps_for(len(split) - len(h), recipe) for h in held_out)
+    with Progress(f"cv {model}", total, progress) as bar:
+        store.run_all(jobs, {"train": split}, device=device, progress=bar, on_record=finished)
     return summary

@@ -251,6 +251,7 @@ def train(
     stop_at_accuracy: float | None = None,
     on_step: Callable[[dict], None] | None = None,
     streams: int | None = None,
+    on_eval: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `model_name` with `recipe` on `train_split`, evaluating on `eval_split` after every epoch.
 
@@ -259,6 +260,7 @@ def train(
     stop_at_accuracy: timed too, and training ends with the epoch that reached it. on_step(info) is called after
     every step with running loss and accuracy, for progress bars. streams: slices of each batch trained
     concurrently, one thread each (default: default_streams, and 1 for a model with BatchNorm; 1 = plain steps).
+    on_eval(row) is called with each epoch's history row as it is made (a sweep reports it to Ray Tune).
     """
     device = torch.device(device)
     threads = torch.get_num_threads()
@@ -345,6 +347,8 @@ def train(
                 row.update(eval_loss=result.final.loss, eval_accuracy=result.final.accuracy)
             result.history.append(row)
             points.clear()
+            if on_eval is not None:
+                on_eval(row)
             evaluating += _now(device) - paused
             if stop_at_accuracy is not None and row.get("eval_accuracy", 0) >= stop_at_accuracy:
                 break

@@ -41,3 +41,13 @@ def small_trained(train_split, test_split, tmp_path_factory):
         return cache[name]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ray_2_cpus():
+    """A local Ray of 2 CPUs for one test module, whatever the machine has (--ray and sweep use a Ray that is
+    already running as it is); skipped with the reason without the ray extra."""
+    ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'mnist-zoo[ray]' (tox -e ray)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

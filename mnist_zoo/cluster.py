@@ -1,0 +1,168 @@
+"""Many independent training runs at once on Ray: the folds of `cv`, the seeds of `evaluate --seeds` and `compare`.
+
+    python -m mnist_zoo cv lenet --folds 10 --ray                 # a local Ray on the CPUs available here
+    python -m mnist_zoo compare --seeds 10 --ray auto             # the Ray cluster this machine belongs to
+    python -m mnist_zoo evaluate lenet --seeds 5 --ray ray://head:10001
+    >>> store = RunStore("reports", executor=RayExecutor(None, threads=1, device=torch.device("cpu")))
+    >>> records = store.run_all(jobs, {"train": train_split, "test": test_split})
+
+Each run is one Ray task asking for `threads` CPUs (a GPU on CUDA), so Ray runs as many at once as the cluster
+has room for. The uint8 splits go to the object store once; a task gets only its indices into them, so workers
+need no copy of MNIST. Tasks return plain numbers and the driver writes every finished run into the runs store,
+exactly as the sequential path does: a run's key, record and result are the same either way for the same seed,
+recipe and thread count (training is deterministic), so Ctrl-C and re-runs behave as they do without Ray.
+Ray is an optional extra (pip install 'mnist-zoo[ray]') and is imported only when --ray is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+import torch
+
+from mnist_zoo import cpu
+from mnist_zoo.data import Split
+from mnist_zoo.runs import Job, RunStore, outcome
+from mnist_zoo.train import Progress, steps_for, train
+from mnist_zoo.util import UserError, err
+
+EXTRA = "pip install 'mnist-zoo[ray]'"
+LOCAL = "local"  # --ray with no address: a local Ray on the CPUs available here
+# Threads per run when --ray is given without --threads: on a CPU, one run per core trains more images a second
+# in all than fewer runs with more threads each (lenet on 2 threads is only ~1.4x one thread).
+DEFAULT_THREADS = 1
+
+
+def import_ray(why: str = "--ray") -> ModuleType:
+    """Ray, or a one-line error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"{why} needs Ray, which is not installed: {EXTRA}") from None
+    return ray
+
+
+def check_address(address: str | None) -> None:
+    """None (a local Ray), 'auto', or host:port / ray://host:port. Anything else is most likely a model name
+    that argparse gave to --ray (`compare --ray mlp dnn`): say so rather than try to connect to it."""
+    if address is None or address == "auto" or ":" in address:
+        return
+    raise UserError(
+        f"--ray takes no address or one like auto, ray://host:10001 or host:6379, not {address!r}; "
+        "put --ray after the model names"
+    )
+
+
+@contextmanager
+def connected(address: str | None) -> Iterator[ModuleType]:
+    """Ray, initialised: a local Ray on this machine's CPUs (address None) or the cluster at `address`; shut
+    down afterwards if this call started it. An already initialised Ray (a notebook's, a test's) is used as is."""
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        quiet = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            if address is None:
+                ray.init(num_cpus=max(1, math.floor(cpu.available())), **quiet)
+            else:
+                ray.init(address=address, **quiet)
+        except Exception as e:  # ConnectionError, RuntimeError, ValueError...: Ray's messages run to lines
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            where = "start a local Ray" if address is None else f"reach Ray at {address}"
+            raise UserError(f"cannot {where}: {reason}") from None
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def train_job(data: dict[str, Split], job: Job, threads: int, device: str) -> dict:
+    """The Ray task: one run on `threads` intra-op threads; returns its outcome (plain data, no model)."""
+    torch.set_num_threads(threads)
+    train_split, eval_split = job.splits(data)
+    result = train(job.model, job.recipe, train_split, eval_split, seed=job.seed, device=device)
+    return outcome(result, job.keep_predictions)
+
+
+class RayExecutor:
+    """RunStore's executor for --ray: every run not saved yet is a Ray task; the driver saves what they return."""
+
+    def __init__(self, address: str | None, threads: int, device: torch.device) -> None:
+        check_address(address)
+        self.address, self.threads, self.device = address, threads, device
+
+    def run_all(
+        self,
+        store: RunStore,
+        jobs: list[Job],
+        data: dict[str, Split],
+        *,
+        device: torch.device,
+        progress: Progress | None = None,
+        on_record: Callable[[int, dict], None] | None = None,
+    ) -> list[dict]:
+        records: list[dict | None] = [None] * len(jobs)
+        reported = 0
+
+        def report() -> None:  # on_record in the jobs' order, for every record whose predecessors are all in
+            nonlocal reported
+            while reported < len(jobs) and records[reported] is not None:
+                if on_record is not None:
+                    on_record(reported, records[reported])
+                reported += 1
+
+        todo = {}
+        for i, job in enumerate(jobs):
+            key, path = store.locate(job, device, self.threads)
+            records[i] = store.saved_run(path, key)
+            if records[i] is None:
+                todo[i] = key, path
+            elif progress is not None:
+                progress.skip(job.label, steps_for(job.sizes(data)[0], job.recipe))
+        report()
+        if not todo:
+            return records
+        with connected(self.address) as ray:
+            cpus = ray.cluster_resources().get("CPU", 0)
+            at_once = (
+                f"up to {int(cpus // self.threads)} at once on {cpus:g} CPUs, {self.threads} thread(s) each"
+            )
+            err.print(f"ray: {len(todo)} run(s) to train, {at_once}", highlight=False)
+            gpus = 1 if device.type == "cuda" else 0
+            task = ray.remote(train_job).options(num_cpus=self.threads, num_gpus=gpus, max_retries=0)
+            shared = ray.put(data)  # once: every task reads the same uint8 tensors from the object store
+            running = {task.remote(shared, jobs[i], self.threads, str(device)): i for i in todo}
+            try:
+                while running:
+                    [ready], _ = ray.wait(list(running), num_returns=1)
+                    i = running.pop(ready)
+                    fields = _result(ray, ready)
+                    records[i] = store.save(jobs[i], jobs[i].sizes(data), *todo[i], fields)
+                    _advance(progress, jobs[i].label, steps_for(jobs[i].sizes(data)[0], jobs[i].recipe))
+                    report()
+            finally:  # Ctrl-C or a failed run: the finished runs are saved; the others are not left running
+                for ref in running:
+                    ray.cancel(ref, force=True)
+        return records
+
+
+def _result(ray: ModuleType, ref) -> dict:
+    """A task's outcome; a run that failed for a reason the user can fix (diverged) is that one-line error."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, UserError):
+            raise e.cause from None
+        raise
+
+
+def _advance(progress: Progress | None, label: str, steps: int) -> None:
+    """A run finished on Ray: its steps join the bar at once (workers report no steps while they train)."""
+    if progress is None or progress.run(label, steps) is None:
+        return
+    progress.bar.update(progress.task, completed=progress.done)

@@ -1,0 +1,44 @@
+"""torchrun: `train` data-parallel on 2 CPU processes (gloo). The fast test trains mlp for one epoch and checks
+that each rank took half of every batch and that the result matches one process's; the slow one trains lenet
+to its floor. Needs no extra: torch.distributed is part of torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mnist_zoo.cli import main
+from mnist_zoo.distributed import launched
+
+
+def _torchrun(tmp_path, *args: str) -> dict:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command += ["-m", "mnist_zoo", "train", *args, "--threads", "1", "--json", "--no-progress"]
+    command += ["--checkpoint", str(tmp_path / "ddp.pt")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("{")]  # rank 0 alone prints
+    return json.loads(line)
+
+
+def test_two_processes_train_shards_of_the_same_batches(tmp_path, capsys):
+    record = _torchrun(tmp_path, "mlp", "--epochs", "1")
+    assert record["world_size"] == 2 and record["backend"] == "gloo" and record["saved"]
+    assert record["images_per_rank"] == 30_000 and record["history"][-1]["images"] == 60_000
+    assert (tmp_path / "ddp.pt").is_file()
+    argv = ["train", "mlp", "--epochs", "1", "--threads", "1", "--json", "--no-progress"]
+    assert main([*argv, "--checkpoint", str(tmp_path / "one.pt")]) == 0
+    one = json.loads(capsys.readouterr().out)
+    # The same recipe on the same batches: the same model up to float rounding (gradients summed in another order).
+    assert record["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=0.002)
+    assert record["history"][-1]["train_loss"] == pytest.approx(one["history"][-1]["train_loss"], rel=0.01)
+    assert not launched()  # plain processes are not ranks
+
+
+@pytest.mark.slow
+def test_lenet_on_two_processes_reaches_its_floor(tmp_path):
+    record = _torchrun(tmp_path, "lenet", "--epochs", "2")
+    assert record["test_accuracy"] >= 0.985, record["test_accuracy"]
