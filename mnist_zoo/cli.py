@@ -157,7 +157,10 @@ def _sweep_parser(command: Callable[..., argparse.ArgumentParser], model_help: s
     p.add_argument("--seeds", type=int, default=1, help="runs per configuration and fold (default: 1)")
     p.add_argument("--folds", type=int, help="score on K cv folds (default: a 10,000-image validation split)")
     p.add_argument(
-        "--scheduler", choices=sweep.SCHEDULERS, default="asha", help="asha stops poor trials early"
+        "--scheduler",
+        choices=sweep.SCHEDULERS,
+        help="asha stops poor trials early (default with one run per configuration), fifo runs all (default "
+        "with --folds or --seeds: asha would compare single folds, not configurations)",
     )
     p.add_argument(
         "--out", metavar="FILE", help="the best recipe (default: <report dir>/sweep-MODEL-best.json)"
@@ -657,8 +660,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     args.ray = args.ray or cluster.LOCAL  # a sweep always runs on Ray: a local one unless told otherwise
     device = _setup(args)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    trials = len(sweep.configurations(base, grid)) * args.seeds * (args.folds or 1)
-    err.print(f"sweep {args.model}: {trials} trial(s) on Ray, {torch.get_num_threads()} thread(s) each")
+    runs_per_config = args.seeds * (args.folds or 1)
+    if args.scheduler == "asha" and runs_per_config > 1:
+        raise UserError(
+            f"--scheduler asha stops single trials, and each of the {runs_per_config} folds or seeds of a "
+            "configuration is one: it would rank configurations on whichever folds survived; use fifo"
+        )
+    args.scheduler = args.scheduler or ("asha" if runs_per_config == 1 else "fifo")
+    trials = len(sweep.configurations(base, grid)) * runs_per_config
+    err.print(
+        f"sweep {args.model}: {trials} trial(s) on Ray, {torch.get_num_threads()} thread(s) each, "
+        f"scheduler {args.scheduler}"
+    )
     start = time.perf_counter()
     record = sweep.run(
         args.model,

@@ -8,8 +8,9 @@ A configuration is the model's recipe (--recipe, --epochs) with the grid's value
 is trained once per seed (--seeds) and per fold: with --folds K, on K-1 of K stratified folds of the training
 set, scored on the last; without, on 50,000 images and scored on a stratified validation split of the other
 10,000. Each such run is a Tune trial on --threads CPUs that reports its held-out accuracy after every epoch;
-ASHA (--scheduler asha, the default) stops the trials that trail the others at the same epoch, FIFO runs all to
-the end. Configurations are ranked by the mean held-out accuracy of their finished runs (those stopped early
+ASHA (--scheduler asha, the default with one run per configuration) stops the trials that trail the others at
+the same epoch, FIFO (the default with --folds or --seeds, where ASHA is refused: it would stop single folds of
+a configuration and rank it on the survivors) runs all to the end. Configurations are ranked by the mean held-out accuracy of their finished runs (those stopped early
 rank after those that finished), with the spread over seeds and folds, and the best is written as a recipe
 file (JSON) that `train --recipe-file` reads. Sweeps always run on Ray (a local one without --ray ADDRESS).
 """

@@ -55,3 +55,10 @@ def test_sweep_help_shows_an_example(capsys):
         "example: python -m mnist_zoo sweep lenet --grid lr=0.1,0.15 --folds 2 --ray"
         in capsys.readouterr().out
     )
+
+
+def test_asha_is_refused_where_it_would_compare_single_folds(tmp_path, capsys):
+    pytest.importorskip("ray", reason="needs the ray extra: pip install 'mnist-zoo[ray]' (tox -e ray)")
+    argv = ["sweep", "mlp", "--grid", "lr=0.05,0.1", "--folds", "2", "--scheduler", "asha"]
+    assert main([*argv, "--report-dir", str(tmp_path)]) == 1
+    assert "use fifo" in capsys.readouterr().err  # before any Ray starts or any run trains
