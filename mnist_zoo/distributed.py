@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mnist_zoo import cpu
 from mnist_zoo.checkpoint import checkpoint_path, save_checkpoint
 from mnist_zoo.data import DATA_SHA256, Split
-from mnist_zoo.models import get_model, model_info
+from mnist_zoo.models import get_model
 from mnist_zoo.train import (
     FINITE_CHECK_STEPS,
     Diverged,
@@ -44,6 +44,7 @@ from mnist_zoo.train import (
     batches,
     evaluate,
     lr_at,
+    prepare_training,
     steps_for,
 )
 from mnist_zoo.util import environment, seed_everything
@@ -125,19 +126,8 @@ def _train(
 ) -> tuple[torch.nn.Module, dict]:
     rank, world = dist.get_rank(), dist.get_world_size()
     seed_everything(seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = get_model(name).to(device)
-    if device.type == "cpu" and model_info(name).channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, opt = prepare_training(get_model(name).to(device), name, recipe, device)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    nesterov = recipe.optimizer == "nesterov"
-    opt = torch.optim.SGD(
-        model.parameters(),
-        recipe.lr,
-        recipe.momentum,
-        weight_decay=recipe.weight_decay,
-        nesterov=nesterov,
-        fused=True,
-    )
     steps_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     history, images, evaluating, final = [], 0, 0.0, None

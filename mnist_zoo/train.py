@@ -274,18 +274,7 @@ def train(
     if streams < 1 or (batchnorm and streams > 1):
         why = "a model with BatchNorm trains in 1" if batchnorm else "it must be at least 1"
         raise UserError(f"{model_name} cannot train in {streams} streams: {why}")
-    if device.type == "cpu" and model_info(model_name).channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # fused: one kernel updates every parameter, instead of a handful of small ops per tensor per step.
-    nesterov = recipe.optimizer == "nesterov"
-    opt = torch.optim.SGD(
-        model.parameters(),
-        recipe.lr,
-        recipe.momentum,
-        weight_decay=recipe.weight_decay,
-        nesterov=nesterov,
-        fused=True,
-    )
+    model, opt = prepare_training(model, model_name, recipe, device)
     steps_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     timing_points = {round(steps_per_epoch * k / TIMING_POINTS) for k in range(1, TIMING_POINTS)}
@@ -355,6 +344,25 @@ def train(
     result.contention = contention.record()
     model.eval()
     return result
+
+
+def prepare_training(
+    model: nn.Module, model_name: str, recipe: Recipe, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model in its training memory layout and the recipe's optimizer (train() and distributed.py)."""
+    if device.type == "cpu" and model_info(model_name).channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # fused: one kernel updates every parameter, instead of a handful of small ops per tensor per step.
+    nesterov = recipe.optimizer == "nesterov"
+    opt = torch.optim.SGD(
+        model.parameters(),
+        recipe.lr,
+        recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=nesterov,
+        fused=True,
+    )
+    return model, opt
 
 
 def _first_crossing(
