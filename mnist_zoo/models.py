@@ -102,15 +102,18 @@ def dnn() -> nn.Module:
 
 @register_model("lenet", "conv 1->10 k5, pool, conv 10->20 k5, pool, fc 320->100->10", channels_last=True)
 def lenet() -> nn.Module:
-    # In-place ReLUs: a layer's output is not needed for its own backward pass, so overwriting it saves a
-    # 128 x 10 x 24 x 24 allocation per step (a few % of lenet's CPU training time).
+    # The tutorial's conv, ReLU, max-pool with the last two swapped: the max of ReLUs is the ReLU of the max, so
+    # outputs and gradients are the same to the bit (tested), but the ReLU and its backward touch a quarter of
+    # the values: lenet trained ~8% faster on 2 CPU cores. The parameters keep their names (0, 3, 7, 9).
+    # In-place ReLUs: a layer's output is not needed for its own backward pass, so overwriting it saves an
+    # allocation per step.
     return nn.Sequential(
         nn.Conv2d(1, 10, kernel_size=5),  # 28 -> 24
-        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),  # 24 -> 12
-        nn.Conv2d(10, 20, kernel_size=5),  # 12 -> 8
         nn.ReLU(inplace=True),
+        nn.Conv2d(10, 20, kernel_size=5),  # 12 -> 8
         nn.MaxPool2d(2),  # 8 -> 4, so 20 * 4 * 4 = 320 features
+        nn.ReLU(inplace=True),
         nn.Flatten(),
         nn.Linear(320, 100),
         nn.ReLU(inplace=True),
@@ -118,11 +121,13 @@ def lenet() -> nn.Module:
     )
 
 
-def _conv_bn(c_in: int, c_out: int, k: int) -> list[nn.Module]:
-    # No conv bias: the BatchNorm right after it has its own shift, and would cancel any bias.
+def _stage(c_in: int, c_out: int, k: int) -> list[nn.Module]:
+    # No conv bias: the BatchNorm right after it has its own shift, and would cancel any bias. Max-pool before
+    # ReLU, as in lenet: the same values, and the ReLU works on a quarter of them.
     return [
         nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
         nn.BatchNorm2d(c_out),
+        nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
     ]
 
@@ -136,12 +141,9 @@ def cnn() -> nn.Module:
     # Three conv-BatchNorm-ReLU stages, each halving the image with a max-pool (28 -> 14 -> 7 -> 3); the "same"
     # padding keeps the digit's edges in play for the shifted and rotated training images.
     return nn.Sequential(
-        *_conv_bn(1, 16, 5),
-        nn.MaxPool2d(2),  # 28 -> 14
-        *_conv_bn(16, 32, 3),
-        nn.MaxPool2d(2),  # 14 -> 7
-        *_conv_bn(32, 64, 3),
-        nn.MaxPool2d(2),  # 7 -> 3, so 64 * 3 * 3 = 576 features
+        *_stage(1, 16, 5),  # 28 -> 14
+        *_stage(16, 32, 3),  # 14 -> 7
+        *_stage(32, 64, 3),  # 7 -> 3, so 64 * 3 * 3 = 576 features
         nn.Flatten(),
         nn.Linear(576, 10),
     )

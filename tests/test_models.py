@@ -60,3 +60,27 @@ def test_lenet_layers_are_the_tutorials():
     ]
     linears = [m for m in get_model("lenet").modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(320, 100), (100, 10)]
+
+
+@pytest.mark.parametrize("name", ["lenet", "cnn"])
+def test_pool_before_relu_is_the_tutorials_relu_before_pool_to_the_bit(name):
+    # The zoo pools before the ReLU for speed (models.py); the tutorial's order must give the same logits and
+    # the same gradients, bit for bit, with the same parameter names.
+    torch.manual_seed(0)
+    model = get_model(name).train()
+    layers = list(model)
+    for i, layer in enumerate(layers[:-1]):
+        if isinstance(layer, nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layer
+    tutorial = nn.Sequential(*layers)
+    reordered = get_model(name).train()
+    reordered.load_state_dict(model.state_dict())
+    assert [k for k in tutorial.state_dict()] == [k for k in reordered.state_dict()]
+    assert any(type(a) is not type(b) for a, b in zip(tutorial, reordered, strict=True))
+    x = torch.randn(64, 1, 28, 28)
+    y = torch.randint(0, 10, (64,))
+    grads = []
+    for net in (tutorial, reordered):
+        loss = nn.functional.cross_entropy(logits := net(x), y)
+        grads.append([logits.detach(), *torch.autograd.grad(loss, list(net.parameters()))])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
