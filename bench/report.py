@@ -314,6 +314,7 @@ def training_table(rows: list[dict]) -> Table | None:
     for model, device in dict.fromkeys((r["model"], r["device"]) for r in zoo):
         e = first(train, kind="epoch", model=model, device=device)
         a = first(train, kind="time-to-accuracy", model=model, device=device)
+        peer = first(train, kind="peer", device=device)
         if a.get("reached"):
             to_target = fmt_time(a.get("seconds_to_target")) + flags(a)
         else:
@@ -323,7 +324,8 @@ def training_table(rows: list[dict]) -> Table | None:
             fmt_x(e.get("vs_tutorial")),
             to_target,
             fmt_pct(a.get("target"), 1),
-            fmt_x(a.get("vs_peer")),
+            # a ratio of two rows: marked if either was contended, even where lenet's own row was quiet
+            fmt_x(a.get("vs_peer")) + (flags(a, peer) if a.get("vs_peer") else ""),
         )
         to_984 = (fmt_time(a.get("seconds_to_tutorial_accuracy")), fmt_x(a.get("tutorial_accuracy_speedup")))
         t.add_row(model, device, *speed, *tutorial, *to_984)

@@ -172,6 +172,12 @@ def test_lenet_to_99_is_set_against_the_peer_recipe():
     assert "1.25x" in training and "peer recipe (train_mnist_fast)" in training and "98.98%" in training
     peer["contention"] = 0.5  # a contended peer row: the ratio is not a measurement
     assert next(t for t in report.targets(report.derive(rows)) if "peer" in t["name"])["met"] is None
+    out = io.StringIO()
+    report.render(doc_of(rows), out, width=250)
+    lenet = next(
+        line for line in out.getvalue().split("Training")[1].splitlines() if line.startswith("│ lenet")
+    )
+    assert "1.25x contended 50%" in lenet  # lenet's own row is quiet; the ratio's other side is not
 
 
 def test_no_target_is_met_from_a_contended_row():
