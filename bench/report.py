@@ -161,9 +161,8 @@ def targets(rows: list[dict]) -> list[dict]:
     def add(name: str, value: float | None, target: float, unit: str, note: str, *sources: dict) -> None:
         if value is None:
             return
-        met = (
-            value >= target if unit == "x" else value <= target
-        )  # "x": a speed-up; "s" and "ratio": seconds or a share of them to stay under
+        # "x": a speed-up to reach; "s" and "ratio": seconds, or a share of another row's, to stay under
+        met = value >= target if unit == "x" else value <= target
         busy = [r for r in sources if contended(r)]
         if busy:
             met, note = (

@@ -192,14 +192,14 @@ def test_peer_recipe(benchmark, new_row, bench_options, splits_on):
     torch.set_num_threads(threads)
     train_split, test_split = splits_on("cpu")
     benchmark.group = "training: the fastest peer recipe, one epoch"
-    runs = []
-    seeds = iter(range(PEER_SEEDS_QUICK if bench_options.quick else PEER_SEEDS))
+    runs, rounds = [], PEER_SEEDS_QUICK if bench_options.quick else PEER_SEEDS
+    seeds = iter(range(rounds))
 
     def one_run():
         runs.append(peer.train_peer(train_split, test_split, seed=next(seeds)))
 
     with Contention() as contention:
-        benchmark.pedantic(one_run, rounds=PEER_SEEDS_QUICK if bench_options.quick else PEER_SEEDS)
+        benchmark.pedantic(one_run, rounds=rounds)
     seconds = statistics.median(s for s, _ in runs)
     new_row(
         "peer",

@@ -45,6 +45,11 @@ def affine(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).squeeze(1)
 
 
+def _uniform(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    """Uniform in [-1, 1), drawn from `gen` on the CPU."""
+    return torch.rand(*shape, generator=gen) * 2 - 1
+
+
 def random_affine(
     images: torch.Tensor,
     gen: torch.Generator,
@@ -55,11 +60,9 @@ def random_affine(
     """A random rotation, shift and scale per image, drawn from `gen` (a CPU generator: the same draws on every
     device, so a seed means the same augmentation on a CPU and on a GPU)."""
     n = len(images)
-
-    def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=gen) * 2 - 1
-
-    return affine(images, uniform(n) * rotate, uniform(n, 2) * shift, 1 + uniform(n) * scale)
+    return affine(
+        images, _uniform(gen, n) * rotate, _uniform(gen, n, 2) * shift, 1 + _uniform(gen, n) * scale
+    )
 
 
 def _pen(images: torch.Tensor, thicker: bool) -> torch.Tensor:
@@ -76,14 +79,10 @@ def perturbations(images: torch.Tensor, seed: int = ROBUSTNESS_SEED) -> dict[str
     gen = torch.Generator().manual_seed(seed)
     n, x = len(images), images.float()
     zero, one = torch.zeros(n), torch.ones(n)
-
-    def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=gen) * 2 - 1
-
     return {
-        "rotate ±15°": affine(x, uniform(n) * 15, torch.zeros(n, 2), one),
-        "shift ±2 px": affine(x, zero, uniform(n, 2) * 2, one),
-        "scale ±15%": affine(x, zero, torch.zeros(n, 2), 1 + uniform(n) * 0.15),
+        "rotate ±15°": affine(x, _uniform(gen, n) * 15, torch.zeros(n, 2), one),
+        "shift ±2 px": affine(x, zero, _uniform(gen, n, 2) * 2, one),
+        "scale ±15%": affine(x, zero, torch.zeros(n, 2), 1 + _uniform(gen, n) * 0.15),
         "thicker pen": _pen(x, thicker=True),
         "thinner pen": _pen(x, thicker=False),
     }

@@ -217,10 +217,8 @@ def _setup(args: argparse.Namespace) -> torch.device:
     so that bad input is one line, before any note."""
     device = resolve_device(args.device)
     threads = args.threads
-    if (
-        getattr(args, "ray", None) is not None
-    ):  # checked now, so that a missing Ray is one line before any work
-        cluster.import_ray()
+    if getattr(args, "ray", None) is not None:
+        cluster.import_ray()  # checked now, so that a missing Ray is one line before any work
         threads = cluster.DEFAULT_THREADS if threads is None else threads
     set_threads(threads)
     return device

@@ -10,8 +10,8 @@ set, scored on the last; without, on 50,000 images and scored on a stratified va
 10,000. Each such run is a Tune trial on --threads CPUs that reports its held-out accuracy after every epoch;
 ASHA (--scheduler asha, the default with one run per configuration) stops the trials that trail the others at
 the same epoch, FIFO (the default with --folds or --seeds, where ASHA is refused: it would stop single folds of
-a configuration and rank it on the survivors) runs all to the end. Configurations are ranked by the mean held-out accuracy of their finished runs (those stopped early
-rank after those that finished), with the spread over seeds and folds, and the best is written as a recipe
+a configuration and rank it on the survivors) runs all to the end. Configurations are ranked by the mean
+held-out accuracy of their finished runs (those stopped early rank after those that finished), with the spread over seeds and folds, and the best is written as a recipe
 file (JSON) that `train --recipe-file` reads. Sweeps always run on Ray (a local one without --ray ADDRESS).
 """
 

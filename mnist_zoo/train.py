@@ -55,10 +55,10 @@ class Recipe:
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | onecycle (linear warm-up then linear decay to zero)
     warmup: float = 0.0  # fraction of steps spent warming up (onecycle)
-    augment: bool = False  # rotate, shift and scale every training image at random (augment.py) ...
-    plain_epochs: int = (
-        0  # ... except in this many final epochs: the test set's digits are upright and centred
-    )
+    # Rotate, shift and scale every training image at random (augment.py), except in the last plain_epochs:
+    # the test set's digits are upright and centred.
+    augment: bool = False
+    plain_epochs: int = 0
 
 
 # The tutorial's settings (SGD lr 0.1, batch 32, 5 epochs), but trained on logits.
@@ -158,9 +158,7 @@ class TrainResult:
     images_seen: int = 0
     history: list[dict] = field(default_factory=list)  # one row per evaluation
     final: Evaluation | None = None
-    contention: dict = field(
-        default_factory=dict
-    )  # cpu.Contention.record(): others' share of the CPUs meanwhile
+    contention: dict = field(default_factory=dict)  # cpu.Contention.record(): others' share of the CPUs
 
     @property
     def images_per_second(self) -> float:
@@ -231,9 +229,8 @@ class SliceStep:
 
         slices = list(self.pool.map(one_slice, x.tensor_split(self.streams), y.tensor_split(self.streams)))
         for j, p in enumerate(self.params):
-            p.grad = torch.zeros_like(
-                p
-            )  # in the parameter's memory format, which the fused optimizer expects
+            # zeros_like: in the parameter's memory format, which the fused optimizer expects
+            p.grad = torch.zeros_like(p)
             for *_, grads in slices:
                 p.grad += grads[j]
         return sum(s[0] for s in slices), sum(s[1] for s in slices)
@@ -315,9 +312,8 @@ def train(
             row = {"epoch": epoch + (i + 1) / steps_per_epoch, "step": step + 1, "images": result.images_seen}
             row.update(train_seconds=result.train_seconds, train_loss=run_loss / seen)
             row.update(train_accuracy=run_correct / seen)
-            if (
-                not last
-            ):  # a timing point: keep the weights, to evaluate if this epoch reaches a timed accuracy
+            # A timing point: keep the weights, to evaluate if this epoch reaches a timed accuracy.
+            if not last:
                 points.append((row, {k: v.clone() for k, v in model.state_dict().items()}))
                 evaluating += _now(device) - paused
                 continue
