@@ -8,7 +8,7 @@
 
 Threads: every runtime gets the same count, by default every CPU that other processes leave idle (on a busy
 machine fewer, said in the header), because a thread team on a core another process is using waits at every
-operator. Full runs use the trained checkpoints (mnist_zoo.train.ensure_trained trains a missing one with the default
+operator. Full runs use the trained checkpoints (mnist_zoo.fit.ensure_trained trains a missing one with the default
 recipe first). Quick runs (--bench-quick) use the models the training group trains in the same run until they
 reach their target accuracy, so CI never depends on a cached checkpoint and pays for training once.
 
@@ -176,7 +176,8 @@ def train_to_target(splits_on, bench_options: Options):
     """run(name, device) -> TrainResult: the default recipe, stopped after the epoch in which test accuracy first
     reaches the model's target; result.seconds_to(accuracy) times that crossing and the tutorial's accuracy
     to 1/20 of an epoch (train.py, TIMING_POINTS; evaluation is not timed)."""
-    from mnist_zoo.train import recipe_for, train
+    from mnist_zoo.recipes import recipe_for
+    from mnist_zoo.train import train
 
     def run(name: str, device: torch.device | str = "cpu"):
         torch.set_num_threads(bench_options.train_threads)
@@ -210,7 +211,7 @@ def trained_runs() -> dict:
 def zoo_model(bench_options: Options, trained_runs: dict, train_to_target):
     """factory(name) -> (model on the CPU in eval mode, where its weights come from)."""
     from mnist_zoo.checkpoint import checkpoint_path
-    from mnist_zoo.train import ensure_trained
+    from mnist_zoo.fit import ensure_trained
 
     cache: dict[str, tuple] = {}
 

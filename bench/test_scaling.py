@@ -7,7 +7,7 @@ Rows (extra_info kind "scaling"), each one epoch of lenet's default recipe on th
 fresh process (`python -m mnist_zoo train ... --json`; images/s counts training only):
   ddp     torchrun --nproc-per-node P, one thread per process on a CPU, one GPU per process on CUDA;
           scaling efficiency = images/s at P / (P x images/s at 1 process), from the same run
-  slices  one process, 2 threads, each batch cut into 2 slices trained at once (train.SliceStep): the
+  slices  one process, 2 threads, each batch cut into 2 slices trained at once (train.SliceGradient): the
           home-made route to 2 cores that DDP on 2 processes competes with (its efficiency is against ddp x1)
 CUDA rows are skipped, with the reason, without enough GPUs.
 """

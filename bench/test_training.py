@@ -31,8 +31,9 @@ from bench import peer, tutorial
 from bench.conftest import skip_untrained_in_quick
 from mnist_zoo.cpu import Contention
 from mnist_zoo.models import list_models
+from mnist_zoo.recipes import recipe_for
 from mnist_zoo.targets import TARGET_ACCURACY, TUTORIAL_ACCURACY, TUTORIAL_IMAGES
-from mnist_zoo.train import TIMING_POINTS, recipe_for, train
+from mnist_zoo.train import TIMING_POINTS, train
 
 # Rounds (epochs) timed per model: an epoch of mlp takes about a second, of lenet several.
 EPOCH_ROUNDS = {"mlp": 3, "dnn": 3, "lenet": 2, "cnn": 1}

@@ -45,9 +45,9 @@ from export.to_pt2 import export_pt2, load_pt2
 from export.to_torchscript import export_torchscript, load_torchscript
 from export.verify import reference_logits, verify_onnx, verify_torch
 from mnist_zoo import data
+from mnist_zoo.fit import ensure_trained
 from mnist_zoo.models import list_models
 from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP, EXPORT_MIN_AGREEMENT
-from mnist_zoo.train import ensure_trained
 from mnist_zoo.util import (
     UserError,
     check_output_dir,

@@ -1,7 +1,7 @@
 """Checkpoints: a state_dict plus the metadata that says what it is, written atomically, read with weights_only.
 
 Default place: $MNIST_ZOO_CHECKPOINTS, else <cache>/checkpoints (cache = $XDG_CACHE_HOME/mnist-zoo,
-default ~/.cache/mnist-zoo), one file per model: lenet.pt, dnn.pt, mlp.pt.
+default ~/.cache/mnist-zoo), one file per model: mlp.pt, dnn.pt, lenet.pt, cnn.pt.
 >>> from mnist_zoo.checkpoint import load_checkpoint
 >>> model, meta = load_checkpoint("lenet")      # by model name, or by path
 """
@@ -20,7 +20,7 @@ from torch import nn
 
 from mnist_zoo.data import cache_dir
 from mnist_zoo.models import get_model, list_models
-from mnist_zoo.util import UserError, atomic_write, check_output_dir
+from mnist_zoo.util import UserError, atomic_write, check_output_dir, first_line
 
 FORMAT = "mnist-zoo/checkpoint/1"
 
@@ -36,7 +36,7 @@ def checkpoint_path(model_or_path: str | Path) -> Path:
     return Path(model_or_path)
 
 
-def check_target(path: str | Path, model: str, explicit: bool) -> Path:
+def check_checkpoint_path(path: str | Path, model: str, explicit: bool) -> Path:
     """Fail before any training unless a checkpoint can be written at `path` (`explicit`: given as --checkpoint,
     whose directory may be created but not its parents; the default directory is created whole)."""
     path = Path(path).expanduser()
@@ -88,7 +88,7 @@ def read_checkpoint(model_or_path: str | Path) -> dict:
                 "could run code (mnist-zoo never writes such a file)",
                 "foreign",
             ) from None
-        raise CheckpointError(f"{path} is damaged: torch cannot read it ({_first(e)}); {again}") from None
+        raise CheckpointError(f"{path} is damaged: torch cannot read it ({first_line(e)}); {again}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an mnist-zoo checkpoint (format {FORMAT!r} expected)", "foreign"
@@ -143,10 +143,6 @@ def _check_container(path: Path, again: str) -> None:
         raise CheckpointError(
             f"{path} is truncated or damaged ({size:,} bytes, its zip directory is missing); {again}"
         )
-
-
-def _first(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
 
 
 def _plain(meta: dict) -> bool:

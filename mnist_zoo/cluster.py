@@ -3,8 +3,9 @@
     python -m mnist_zoo cv lenet --folds 10 --ray                 # a local Ray on the CPUs available here
     python -m mnist_zoo compare --seeds 10 --ray auto             # the Ray cluster this machine belongs to
     python -m mnist_zoo evaluate lenet --seeds 5 --ray ray://head:10001
-    >>> store = RunStore("reports", executor=RayExecutor(None, threads=1, device=torch.device("cpu")))
-    >>> records = store.run_all(jobs, {"train": train_split, "test": test_split})
+    >>> cpu = torch.device("cpu")
+    >>> store, on_ray = RunStore("reports", device=cpu, threads=1), RayExecutor(None, cpu, threads=1)
+    >>> records = run_jobs(jobs, {"train": train_split, "test": test_split}, store, on_ray)
 
 Each run is one Ray task asking for `threads` CPUs (a GPU on CUDA), so Ray runs as many at once as the cluster
 has room for. The uint8 splits go to the object store once; a task gets only its indices into them, so workers
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
@@ -26,14 +27,16 @@ import torch
 
 from mnist_zoo import cpu
 from mnist_zoo.data import Split
-from mnist_zoo.runs import Job, RunStore, outcome
-from mnist_zoo.train import Progress, steps_for, train
-from mnist_zoo.util import UserError, err
+from mnist_zoo.progress import Progress
+from mnist_zoo.recipes import steps_for
+from mnist_zoo.runs import Job, outcome
+from mnist_zoo.train import train
+from mnist_zoo.util import UserError, err, first_line
 
 EXTRA = "pip install 'mnist-zoo[ray]'"
 LOCAL = "local"  # --ray with no address: a local Ray on the CPUs available here
 # Threads per run when --ray is given without --threads: on a CPU, one run per core trains more images a second
-# in all than fewer runs with more threads each (lenet on 2 threads is only ~1.4x one thread).
+# in all than fewer runs with more threads each (a small model's kernels scale poorly across threads).
 DEFAULT_THREADS = 1
 
 
@@ -71,7 +74,7 @@ def connected(address: str | None) -> Iterator[ModuleType]:
             else:
                 ray.init(address=address, **quiet)
         except Exception as e:  # ConnectionError, RuntimeError, ValueError...: Ray's messages run to lines
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = first_line(e)
             where = "start a local Ray" if address is None else f"reach Ray at {address}"
             raise UserError(f"cannot {where}: {reason}") from None
     try:
@@ -83,72 +86,45 @@ def connected(address: str | None) -> Iterator[ModuleType]:
 
 def train_job(data: dict[str, Split], job: Job, threads: int, device: str) -> dict:
     """The Ray task: one run on `threads` intra-op threads; returns its outcome (plain data, no model)."""
-    torch.set_num_threads(threads)
     train_split, eval_split = job.splits(data)
-    result = train(job.model, job.recipe, train_split, eval_split, seed=job.seed, device=device)
+    result = train(
+        job.model, job.recipe, train_split, eval_split, seed=job.seed, device=device, threads=threads
+    )
     return outcome(result, job.keep_predictions)
 
 
 class RayExecutor:
-    """RunStore's executor for --ray: every run not saved yet is a Ray task; the driver saves what they return."""
+    """runs.run_jobs's executor for --ray: every job it gets is a Ray task on `threads` CPUs (and a GPU on CUDA);
+    the outcomes come back to the driver, which saves them."""
 
-    def __init__(self, address: str | None, threads: int, device: torch.device) -> None:
+    def __init__(self, address: str | None, device: torch.device, threads: int) -> None:
         check_address(address)
-        self.address, self.threads, self.device = address, threads, device
+        self.address, self.device, self.threads = address, device, threads
 
-    def run_all(
-        self,
-        store: RunStore,
-        jobs: list[Job],
-        data: dict[str, Split],
-        *,
-        device: torch.device,
-        progress: Progress | None = None,
-        on_record: Callable[[int, dict], None] | None = None,
-    ) -> list[dict]:
-        records: list[dict | None] = [None] * len(jobs)
-        reported = 0
-
-        def report() -> None:  # on_record in the jobs' order, for every record whose predecessors are all in
-            nonlocal reported
-            while reported < len(jobs) and records[reported] is not None:
-                if on_record is not None:
-                    on_record(reported, records[reported])
-                reported += 1
-
-        todo = {}
-        for i, job in enumerate(jobs):
-            key, path = store.locate(job, device, self.threads)
-            records[i] = store.saved_run(path, key)
-            if records[i] is None:
-                todo[i] = key, path
-            elif progress is not None:
-                progress.skip(job.label, steps_for(job.sizes(data)[0], job.recipe))
-        report()
-        if not todo:
-            return records
+    def run(self, jobs: dict[int, Job], data: dict[str, Split], progress: Progress | None) -> Iterator[tuple]:
         with connected(self.address) as ray:
             cpus = ray.cluster_resources().get("CPU", 0)
             at_once = (
                 f"up to {int(cpus // self.threads)} at once on {cpus:g} CPUs, {self.threads} thread(s) each"
             )
-            err.print(f"ray: {len(todo)} run(s) to train, {at_once}", highlight=False)
-            gpus = 1 if device.type == "cuda" else 0
+            err.print(f"ray: {len(jobs)} run(s) to train, {at_once}", highlight=False)
+            gpus = 1 if self.device.type == "cuda" else 0
             task = ray.remote(train_job).options(num_cpus=self.threads, num_gpus=gpus, max_retries=0)
             shared = ray.put(data)  # once: every task reads the same uint8 tensors from the object store
-            running = {task.remote(shared, jobs[i], self.threads, str(device)): i for i in todo}
+            running = {task.remote(shared, job, self.threads, str(self.device)): i for i, job in jobs.items()}
             try:
                 while running:
                     [ready], _ = ray.wait(list(running), num_returns=1)
                     i = running.pop(ready)
                     fields = _result(ray, ready)
-                    records[i] = store.save(jobs[i], jobs[i].sizes(data), *todo[i], fields)
-                    _advance(progress, jobs[i].label, steps_for(jobs[i].sizes(data)[0], jobs[i].recipe))
-                    report()
+                    if (
+                        progress is not None
+                    ):  # workers report no steps while they train: the run joins at once
+                        progress.advance(jobs[i].label, steps_for(jobs[i].sizes(data)[0], jobs[i].recipe))
+                    yield i, fields
             finally:  # Ctrl-C or a failed run: the finished runs are saved; the others are not left running
                 for ref in running:
                     ray.cancel(ref, force=True)
-        return records
 
 
 def _result(ray: ModuleType, ref) -> dict:
@@ -159,10 +135,3 @@ def _result(ray: ModuleType, ref) -> dict:
         if isinstance(e.cause, UserError):
             raise e.cause from None
         raise
-
-
-def _advance(progress: Progress | None, label: str, steps: int) -> None:
-    """A run finished on Ray: its steps join the bar at once (workers report no steps while they train)."""
-    if progress is None or progress.run(label, steps) is None:
-        return
-    progress.bar.update(progress.task, completed=progress.done)

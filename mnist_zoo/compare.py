@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
+from mnist_zoo.recipes import Recipe
 from mnist_zoo.runs import Job, decode_predictions
-from mnist_zoo.train import Recipe
 
 DEFAULT_COMPARE_SEEDS = 3  # the fewest that give a spread and an interval; --seeds 5 narrows them
 MAX_SEEDS = 100

@@ -10,7 +10,8 @@
 Why it matters: torch and onnxruntime split every operator across a team of threads that meet at a barrier.
 When another process takes a core from one of them, the whole team waits for it, once per operator: on a
 2-core machine with two other processes spinning their own thread pools, lenet's batch-1 latency in PyTorch eager
-went from 0.7 ms to 21 ms at 2 threads, while 1 thread stayed at 0.8 ms. So a figure is only worth reporting with
+at 2 threads grew tens of times, while 1 thread barely moved (docs/benchmarks.md, "Reading figures on a busy
+machine"). So a figure is only worth reporting with
 the contention it was measured under, and a default thread count is only safe if it leaves busy cores alone.
 """
 
@@ -90,6 +91,7 @@ class Contention:
     def __init__(self) -> None:
         self.cpus = affinity()
         self.share: float | None = None
+        self.wall = self.own_seconds = 0.0  # the block's seconds, and this process's CPU seconds in it
 
     def __enter__(self) -> Contention:
         self.load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -98,9 +100,9 @@ class Contention:
 
     def __exit__(self, *exc) -> None:
         wall0, busy0, own0 = self._start
-        wall = time.perf_counter() - wall0
-        others = (_busy(self.cpus) - busy0) - (_own() - own0)
-        self.share = min(1.0, max(0.0, others / (wall * len(self.cpus)))) if wall > 0 else 0.0
+        self.wall, self.own_seconds = time.perf_counter() - wall0, _own() - own0
+        others = (_busy(self.cpus) - busy0) - self.own_seconds
+        self.share = min(1.0, max(0.0, others / (self.wall * len(self.cpus)))) if self.wall > 0 else 0.0
 
     @property
     def contended(self) -> bool:

@@ -19,8 +19,9 @@ import torch
 
 from mnist_zoo.compare import summarize
 from mnist_zoo.data import Split
-from mnist_zoo.runs import Job, RunStore
-from mnist_zoo.train import Progress, Recipe, steps_for
+from mnist_zoo.progress import Progress
+from mnist_zoo.recipes import Recipe, steps_for
+from mnist_zoo.runs import Executor, Job, RunStore, run_jobs
 from mnist_zoo.util import UserError, environment, write_json
 
 DEFAULT_FOLDS = 5
@@ -62,13 +63,14 @@ def cross_validate(
     *,
     folds: int,
     seed: int,
-    device: torch.device,
     store: RunStore,
+    executor: Executor,
     summary_path: Path,
     progress: bool = True,
     subset: dict | None = None,
 ) -> dict:
-    """Run (or reuse) every fold, rewriting `summary_path` after each; returns the summary.
+    """Run (or reuse, from `store`) every fold on `executor`, rewriting `summary_path` after each; returns the
+    summary.
 
     `subset` describes how `split` was drawn from the training set (for the run keys and the record)."""
     held_out = stratified_folds(split.labels, folds, seed)
@@ -86,7 +88,7 @@ def cross_validate(
         "fold_results": [],
         "accuracy": None,
         "wall_seconds": 0.0,
-        **environment(device),
+        **environment(store.device, store.threads),
     }
     jobs = []
     for f, held in enumerate(held_out):
@@ -110,5 +112,5 @@ def cross_validate(
 
     total = sum(steps_for(len(split) - len(h), recipe) for h in held_out)
     with Progress(f"cv {model}", total, progress) as bar:
-        store.run_all(jobs, {"train": split}, device=device, progress=bar, on_record=finished)
+        run_jobs(jobs, {"train": split}, store, executor, progress=bar, on_record=finished)
     return summary

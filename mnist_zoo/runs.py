@@ -1,29 +1,36 @@
 """One training run, saved: the unit that `cv`, `evaluate --seeds` and `compare` are built from.
 
-    >>> from mnist_zoo.runs import RunStore
-    >>> store = RunStore("reports")
+    >>> from mnist_zoo.runs import Job, RunStore, Sequential, run_jobs
+    >>> cpu = torch.device("cpu")
+    >>> store, here = RunStore("reports", device=cpu, threads=2), Sequential(cpu, threads=2)
     >>> job = Job("lenet", recipe, seed=0, label="seed0", config={...}, train=("train", None), eval=("test", None))
-    >>> [record] = store.run_all([job], {"train": train_split, "test": test_split})
+    >>> [record] = run_jobs([job], {"train": train_split, "test": test_split}, store, here)
 
 Every finished run is written atomically to <report dir>/runs/<model>-<label>-<key>.json, where the key is a
 hash of everything that decides its result (model, recipe, seed, which images, data, torch, device, threads).
 So Ctrl-C loses only the run in progress, and the same command again reuses what is done (--fresh retrains);
-`compare` reuses the runs of an earlier `evaluate --seeds` with the same settings.
+`compare` reuses the runs of an earlier `evaluate --seeds` with the same settings. The store finds what is
+saved; an executor (Sequential here, cluster.RayExecutor on Ray) gets only the jobs left, and this process saves
+each run it returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from mnist_zoo.data import DATA_SHA256, Split
-from mnist_zoo.train import Progress, Recipe, TrainResult, steps_for, train
+from mnist_zoo.progress import Progress
+from mnist_zoo.recipes import Recipe, steps_for
+from mnist_zoo.train import TrainResult, train
 from mnist_zoo.util import UserError, atomic_write, environment
 
 REPORT_DIR = "reports"  # relative to the working directory; $MNIST_ZOO_REPORTS or --report-dir override it
@@ -92,30 +99,26 @@ def outcome(result: TrainResult, keep_predictions: bool = False) -> dict:
     fields = {"accuracy": result.final.accuracy, "loss": result.final.loss}
     fields.update(train_seconds=result.train_seconds, images_per_second=result.images_per_second)
     fields.update(history=result.history, **result.contention, data_sha256=DATA_SHA256)
-    fields.update(environment(result.device))
+    fields.update(environment(result.device, result.threads))
     if keep_predictions:
         fields["predictions"] = encode_predictions(result.final.predictions)
     return fields
 
 
 class RunStore:
-    """Finished runs on disk, keyed by their settings; `fresh=True` ignores (and then replaces) saved ones.
+    """Finished runs on disk, keyed by their settings and by where they train (`device`, `threads`): `find` says
+    which jobs are done, `save` writes one that finished. `fresh=True` ignores (and then replaces) saved runs."""
 
-    `executor` runs many jobs at once (mnist_zoo.cluster.RayExecutor); without one, run_all trains them here,
-    one after another. Either way this store, in this process, writes every finished run."""
-
-    def __init__(self, directory: str | Path | None = None, fresh: bool = False, executor=None):
+    def __init__(
+        self, directory: str | Path | None = None, *, device: torch.device, threads: int, fresh: bool = False
+    ) -> None:
         self.directory = report_dir(directory) / "runs"
-        self.fresh = fresh
-        self.executor = executor
+        self.device, self.threads, self.fresh = torch.device(device), threads, fresh
         self.reused = 0  # runs read back from disk by this store
         self.saved = 0  # runs trained and written by this store
 
-    def path(self, model: str, label: str, key: str) -> Path:
-        return self.directory / f"{model}-{label}-{key}.json"
-
-    def locate(self, job: Job, device: torch.device, threads: int) -> tuple[str, Path]:
-        """The run's key (a hash of everything that decides its result) and its file."""
+    def key(self, job: Job) -> str:
+        """A hash of everything that decides the run's result."""
         settings = {
             "model": job.model,
             "recipe": asdict(job.recipe),
@@ -123,74 +126,95 @@ class RunStore:
             "data_sha256": DATA_SHA256,
             **job.config,
         }
-        settings.update(torch_version=str(torch.__version__), device=device.type, threads=threads)
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-        return key, self.path(job.model, job.label, key)
+        settings.update(torch_version=str(torch.__version__), device=self.device.type, threads=self.threads)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
-    def saved_run(self, path: Path, key: str) -> dict | None:
-        """The saved run with this key, marked reused (and counted), or None: then it is to be trained. A damaged
+    def path(self, job: Job) -> Path:
+        return self.directory / f"{job.model}-{job.label}-{self.key(job)}.json"
+
+    def find(self, job: Job) -> dict | None:
+        """The saved run of this job, marked reused (and counted), or None: then it is to be trained. A damaged
         or foreign file is treated as absent (and retrained)."""
+        path = self.path(job)
         if self.fresh or not path.is_file():
             return None
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict) or record.get("schema") != RUN_SCHEMA or record.get("key") != key:
+        if (
+            not isinstance(record, dict)
+            or record.get("schema") != RUN_SCHEMA
+            or record.get("key") != self.key(job)
+        ):
             return None
         self.reused += 1
         return {**record, "reused": True, "run_file": str(path)}
 
-    def save(self, job: Job, sizes: tuple[int, int], key: str, path: Path, fields: dict) -> dict:
+    def save(self, job: Job, sizes: tuple[int, int], fields: dict) -> dict:
         """Write a finished run (atomically); `fields` is its outcome()."""
-        record = {"schema": RUN_SCHEMA, "key": key, "model": job.model, "label": job.label, "seed": job.seed}
-        record.update(recipe=asdict(job.recipe), config=job.config, train_size=sizes[0], eval_size=sizes[1])
-        record.update(fields)
+        path = self.path(job)
+        record = {"schema": RUN_SCHEMA, "key": self.key(job), "model": job.model, "label": job.label}
+        record.update(seed=job.seed, recipe=asdict(job.recipe), config=job.config)
+        record.update(train_size=sizes[0], eval_size=sizes[1], **fields)
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record)))
         self.saved += 1
         return {**record, "reused": False, "run_file": str(path)}
 
-    def run(
-        self,
-        job: Job,
-        data: dict[str, Split],
-        *,
-        device: torch.device | str = "cpu",
-        progress: Progress | None = None,
-    ) -> dict:
-        """Train (or reuse) one run here; returns its record."""
-        device = torch.device(device)
-        key, path = self.locate(job, device, torch.get_num_threads())
-        steps = steps_for(job.sizes(data)[0], job.recipe)
-        saved = self.saved_run(path, key)
-        if saved is not None:
-            if progress is not None:
-                progress.skip(job.label, steps)
-            return saved
-        on_step = progress.run(job.label, steps) if progress is not None else None
-        train_split, eval_split = job.splits(data)
-        result = train(
-            job.model, job.recipe, train_split, eval_split, seed=job.seed, device=device, on_step=on_step
-        )
-        return self.save(job, job.sizes(data), key, path, outcome(result, job.keep_predictions))
 
-    def run_all(
-        self,
-        jobs: list[Job],
-        data: dict[str, Split],
-        *,
-        device: torch.device | str = "cpu",
-        progress: Progress | None = None,
-        on_record: Callable[[int, dict], None] | None = None,
-    ) -> list[dict]:
-        """Train (or reuse) every job; returns their records in the jobs' order, and calls on_record(i, record)
-        in that order as soon as records 0..i are all done (so a summary can be rewritten after each)."""
-        if self.executor is not None:
-            options = dict(device=torch.device(device), progress=progress, on_record=on_record)
-            return self.executor.run_all(self, jobs, data, **options)
-        records = []
+class Executor(Protocol):
+    def run(self, jobs: dict[int, Job], data: dict[str, Split], progress: Progress | None) -> Iterator[tuple]:
+        """Train every job; yield (its index, its outcome()) as each finishes, in any order."""
+        ...
+
+
+class Sequential:
+    """Train the jobs here, one after another, on `threads` threads of `device`."""
+
+    def __init__(self, device: torch.device, threads: int) -> None:
+        self.device, self.threads = device, threads
+
+    def run(self, jobs: dict[int, Job], data: dict[str, Split], progress: Progress | None) -> Iterator[tuple]:
+        for i, job in jobs.items():
+            steps = steps_for(job.sizes(data)[0], job.recipe)
+            on_step = progress.tracker(job.label, steps) if progress is not None else None
+            train_split, eval_split = job.splits(data)
+            options = dict(seed=job.seed, device=self.device, threads=self.threads, on_step=on_step)
+            result = train(job.model, job.recipe, train_split, eval_split, **options)
+            yield i, outcome(result, job.keep_predictions)
+
+
+def run_jobs(
+    jobs: list[Job],
+    data: dict[str, Split],
+    store: RunStore,
+    executor: Executor,
+    *,
+    progress: Progress | None = None,
+    on_record: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Reuse every job `store` has saved, train the others on `executor` and save them as they finish; returns
+    the records in the jobs' order, and calls on_record(i, record) in that order as soon as records 0..i are all
+    in (so that a summary can be rewritten after each). Ctrl-C keeps every run saved so far."""
+    records: list[dict | None] = [store.find(job) for job in jobs]
+    todo = {i: job for i, job in enumerate(jobs) if records[i] is None}
+    if progress is not None:
         for i, job in enumerate(jobs):
-            records.append(self.run(job, data, device=device, progress=progress))
+            if i not in todo:
+                progress.skip(job.label, steps_for(job.sizes(data)[0], job.recipe))
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        while reported < len(jobs) and records[reported] is not None:
             if on_record is not None:
-                on_record(i, records[-1])
-        return records
+                on_record(reported, records[reported])
+            reported += 1
+
+    report()
+    if todo:
+        with contextlib.closing(executor.run(todo, data, progress)) as finished:
+            for i, fields in finished:
+                records[i] = store.save(jobs[i], jobs[i].sizes(data), fields)
+                report()
+    return records

@@ -11,18 +11,17 @@ set, scored on the last; without, on 50,000 images and scored on a stratified va
 ASHA (--scheduler asha, the default with one run per configuration) stops the trials that trail the others at
 the same epoch, FIFO (the default with --folds or --seeds, where ASHA is refused: it would stop single folds of
 a configuration and rank it on the survivors) runs all to the end. Configurations are ranked by the mean
-held-out accuracy of their finished runs (those stopped early rank after those that finished), with the spread over seeds and folds, and the best is written as a recipe
-file (JSON) that `train --recipe-file` reads. Sweeps always run on Ray (a local one without --ray ADDRESS).
+held-out accuracy of their finished runs (those stopped early rank after those that finished), with the
+spread over seeds and folds, and the best is written as a recipe file (recipes.py) that `train --recipe-file`
+reads. Sweeps always run on Ray (a local one without --ray ADDRESS).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
-import math
 import sys
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -31,11 +30,11 @@ from mnist_zoo import cluster
 from mnist_zoo.compare import summarize
 from mnist_zoo.crossval import stratified_folds
 from mnist_zoo.data import Split
-from mnist_zoo.train import Recipe, train
-from mnist_zoo.util import UserError, write_json
+from mnist_zoo.recipes import Recipe, check
+from mnist_zoo.train import train
+from mnist_zoo.util import UserError
 
 SWEEP_SCHEMA = "mnist-zoo/sweep/1"
-RECIPE_SCHEMA = "mnist-zoo/recipe/1"
 # The recipe settings a grid may vary, and their types.
 GRID_KEYS = {"lr": float, "batch_size": int, "epochs": int, "momentum": float, "weight_decay": float}
 GRID_KEYS.update(warmup=float)
@@ -66,61 +65,12 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
-def check_recipe(r: Recipe) -> Recipe:
-    """A recipe that can train, or a one-line error naming the first setting that cannot."""
-    problems = {
-        "epochs": r.epochs >= 1,
-        "batch_size": r.batch_size >= 1,
-        "lr": 0 < r.lr < math.inf,
-        "momentum": 0 <= r.momentum < 1,
-        "weight_decay": 0 <= r.weight_decay < math.inf,
-        "warmup": 0 <= r.warmup <= 1,
-        "optimizer": r.optimizer in ("sgd", "nesterov"),
-        "schedule": r.schedule in ("constant", "onecycle"),
-    }
-    for key, ok in problems.items():
-        if not ok:
-            raise UserError(f"recipe setting {key}={getattr(r, key)!r} is out of range")
-    return r
-
-
 def configurations(base: Recipe, grid: dict[str, list]) -> list[dict]:
     """Every combination of the grid's values, each checked as a recipe."""
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     for c in combos:
-        check_recipe(replace(base, **c))
+        check(replace(base, **c), lambda key: f"--grid {key}")
     return combos
-
-
-def write_recipe_file(path: Path, model: str, recipe: Recipe, provenance: dict) -> Path:
-    return write_json(path, {"schema": RECIPE_SCHEMA, "model": model, "recipe": asdict(recipe), **provenance})
-
-
-def read_recipe_file(path: str | Path, model: str) -> Recipe:
-    """The recipe in a file written by sweep (or by hand, the same JSON); one line on any problem."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"--recipe-file {path}: {e.strerror or e}") from None
-    except ValueError:
-        raise UserError(f"--recipe-file {path}: not JSON") from None
-    names = {f.name for f in fields(Recipe)}
-    if (
-        not isinstance(doc, dict)
-        or doc.get("schema") != RECIPE_SCHEMA
-        or not isinstance(doc.get("recipe"), dict)
-    ):
-        raise UserError(f"--recipe-file {path}: not a recipe file (schema {RECIPE_SCHEMA})")
-    if doc.get("model") != model:
-        raise UserError(f"--recipe-file {path} is a recipe for {doc.get('model')!r}, not {model!r}")
-    if set(doc["recipe"]) != names:
-        raise UserError(
-            f"--recipe-file {path}: the recipe needs exactly the settings {', '.join(sorted(names))}"
-        )
-    try:
-        return check_recipe(Recipe(**doc["recipe"]))
-    except TypeError:
-        raise UserError(f"--recipe-file {path}: a setting has the wrong type") from None
 
 
 def _trial(
@@ -136,7 +86,6 @@ def _trial(
     """One Tune trial: one configuration, seed and fold; reports held-out accuracy after every epoch."""
     from ray import tune
 
-    torch.set_num_threads(threads)
     held = held_out[config["fold"]]
     rest = torch.ones(len(data), dtype=torch.bool)
     rest[held] = False
@@ -152,6 +101,7 @@ def _trial(
         data.subset(held),
         seed=config["seed"],
         device=device,
+        threads=threads,
         on_eval=report,
     )
 

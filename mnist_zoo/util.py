@@ -192,8 +192,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device | str = "cpu") -> dict:
-    """What a result needs to be reproduced: versions, threads, device and hardware."""
+def environment(device: torch.device | str = "cpu", threads: int | None = None) -> dict:
+    """What a result needs to be reproduced: versions, threads (default: torch's setting now), device and
+    hardware."""
     import torchvision
 
     return {
@@ -205,7 +206,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
         "device_name": device_name(device),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads() if threads is None else threads,
     }
 
 
@@ -218,6 +219,12 @@ def guarded(command: Callable[[], int]) -> int:
         return fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, cut short: library errors can run to pages, and the user gets
+    one line."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 def fail(message: str, code: int = 1) -> int:

@@ -10,7 +10,8 @@ import torch
 
 from mnist_zoo import data
 from mnist_zoo.checkpoint import save_checkpoint
-from mnist_zoo.train import recipe_for, train
+from mnist_zoo.recipes import recipe_for
+from mnist_zoo.train import train
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_zoo import cli, sweep
+from mnist_zoo import cli, recipes
 from mnist_zoo.cli import main
 
 QUICK = ["--epochs", "1", "--train-size", "900", "--no-progress", "--threads", "1", "--no-plots", "--json"]
@@ -80,11 +80,11 @@ def test_seeds_on_ray_are_saved_runs_with_predictions(ray_2_cpus, tmp_path, caps
 
 
 def test_a_diverged_run_on_ray_is_one_line(ray_2_cpus, tmp_path, capsys, monkeypatch):
-    from mnist_zoo import train as train_module
+    from dataclasses import replace
 
-    monkeypatch.setitem(
-        train_module.DEFAULTS, "mlp", train_module.replace(train_module.DEFAULTS["mlp"], lr=1e35)
-    )
+    from mnist_zoo import recipes
+
+    monkeypatch.setitem(recipes.DEFAULTS, "mlp", replace(recipes.DEFAULTS["mlp"], lr=1e35))
     argv = ["evaluate", "mlp", "--seeds", "1", *QUICK, "--report-dir", str(tmp_path), "--ray"]
     code = main(argv)
     err = capsys.readouterr().err
@@ -110,5 +110,5 @@ def test_sweep_ranks_configurations_on_held_out_images(ray_2_cpus, tmp_path, cap
     best, worst = out["configurations"]
     assert best["grid"] == {"lr": 0.05} and best["finished"] == 2  # a learning rate of 1e-5 learns nothing
     assert best["accuracy"]["mean"] > worst["accuracy"]["mean"] + 0.2
-    recipe = sweep.read_recipe_file(out["best_recipe_file"], "mlp")
+    recipe = recipes.read_recipe_file(out["best_recipe_file"], "mlp")
     assert recipe.lr == 0.05 and recipe.epochs == 2

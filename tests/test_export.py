@@ -28,7 +28,7 @@ from export.integrity import EXTRA_FILE, onnx_metadata, weights_digest
 from export.quantize import calibration_images, quantize_int8
 from export.to_pt2 import export_pt2, load_pt2
 from export.to_torchscript import export_torchscript, load_torchscript
-from mnist_zoo import data, train
+from mnist_zoo import data, recipes
 from mnist_zoo.checkpoint import checkpoint_dir
 from mnist_zoo.models import list_models
 from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP
@@ -353,7 +353,7 @@ def test_cli_damaged_checkpoint(tmp_path, capsys):
 
 def test_cli_trains_a_missing_model_first(tmp_path, capsys, monkeypatch):
     """A fresh clone: no checkpoint, so the default recipe runs first (cut to 1 epoch here) and says so."""
-    monkeypatch.setitem(train.DEFAULTS, "mlp", replace(train.DEFAULTS["mlp"], epochs=1))
+    monkeypatch.setitem(recipes.DEFAULTS, "mlp", replace(recipes.DEFAULTS["mlp"], epochs=1))
     assert cli.main(["mlp", "--onnx", "--out", str(tmp_path / "out"), "--json"]) == 0
     captured = capsys.readouterr()
     assert "has no checkpoint yet; training it" in captured.err

@@ -8,9 +8,9 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from mnist_zoo import sweep
+from mnist_zoo import recipes, sweep
 from mnist_zoo.cli import main
-from mnist_zoo.train import recipe_for
+from mnist_zoo.recipes import recipe_for
 from mnist_zoo.util import UserError
 
 
@@ -27,14 +27,14 @@ def test_grid_parses_and_refuses_what_cannot_train():
     ]:
         with pytest.raises(UserError, match=message):
             sweep.parse_grid(bad)
-    with pytest.raises(UserError, match="lr=-0.1 is out of range"):
+    with pytest.raises(UserError, match="--grid lr must be a finite positive number, got -0.1"):
         sweep.configurations(recipe_for("mlp"), {"lr": [0.1, -0.1]})
     assert len(sweep.configurations(recipe_for("mlp"), {"lr": [0.1, 0.2], "epochs": [1, 2, 3]})) == 6
 
 
 def test_train_takes_a_recipe_file(tmp_path, capsys):
     recipe = replace(recipe_for("mlp"), name="sweep", epochs=1, lr=0.04, batch_size=256)
-    path = sweep.write_recipe_file(tmp_path / "best.json", "mlp", recipe, {"grid": {"lr": 0.04}})
+    path = recipes.write_recipe_file(tmp_path / "best.json", "mlp", recipe, {"grid": {"lr": 0.04}})
     argv = ["train", "mlp", "--recipe-file", str(path), "--threads", "1", "--no-progress", "--json"]
     assert main([*argv, "--checkpoint", str(tmp_path / "mlp.pt")]) == 0
     record = json.loads(capsys.readouterr().out)

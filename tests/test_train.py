@@ -15,16 +15,8 @@ import torch
 from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from mnist_zoo.cli import main
 from mnist_zoo.models import get_model
-from mnist_zoo.train import (
-    TUTORIAL,
-    SliceStep,
-    confusion_matrix,
-    default_streams,
-    evaluate,
-    lr_at,
-    recipe_for,
-    train,
-)
+from mnist_zoo.recipes import TUTORIAL, lr_at, recipe_for
+from mnist_zoo.train import SliceGradient, confusion_matrix, default_streams, evaluate, train
 from mnist_zoo.util import STALE_TMP_S, UserError, atomic_write_bytes
 
 
@@ -89,11 +81,12 @@ def test_batch_slices_add_up_to_the_whole_batch_gradient():
     torch.manual_seed(0)
     model = get_model("lenet")
     x, y = torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,))
-    with SliceStep(model, 1) as plain:
-        loss, correct = plain(x, y)
+    with SliceGradient(model, 1) as plain:
+        loss, correct, images = plain(x, y)
     whole = [p.grad.clone() for p in model.parameters()]
-    with SliceStep(model, 3) as sliced:
-        sliced_loss, sliced_correct = sliced(x, y)
+    with SliceGradient(model, 3) as sliced:
+        sliced_loss, sliced_correct, sliced_images = sliced(x, y)
+    assert images == sliced_images == 300
     assert sliced_correct.item() == correct.item()
     torch.testing.assert_close(sliced_loss, loss)
     for p, g in zip(model.parameters(), whole, strict=True):

@@ -33,7 +33,8 @@ from mnist_zoo import data
 from mnist_zoo.checkpoint import save_checkpoint
 from mnist_zoo.models import get_model
 from mnist_zoo.predict import prepare
-from mnist_zoo.train import recipe_for, train
+from mnist_zoo.recipes import recipe_for
+from mnist_zoo.train import train
 from mnist_zoo.util import UserError
 
 DIGITS = 200  # MNIST test digits given to the page, as they are and enlarged
