@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from bench.coldstart import openvino_config
+from export.formats import FORMATS
 from mnist_zoo.targets import precision
+from mnist_zoo.util import first_line
 
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8", "openvino", "openvino-int8", "compile")
 LABELS = {  # as the tables name them (ORT: ONNX Runtime; OV: OpenVINO)
@@ -40,7 +42,8 @@ LABELS = {  # as the tables name them (ORT: ONNX Runtime; OV: OpenVINO)
     "compile": "torch.compile",
     "ort-web": "ORT web (wasm)",  # bench/test_web.py's row: onnxruntime-web in Chromium, not built here
 }
-# The export each runtime loads (int8: the QDQ file, which OpenVINO runs with its own int8 kernels).
+# The file each runtime loads: the zoo's checkpoint, or an export format of export/formats.py (int8: the QDQ
+# file, which OpenVINO runs with its own int8 kernels).
 ARTIFACT_KIND = {
     "eager": "checkpoint",
     "compile": "checkpoint",
@@ -138,8 +141,7 @@ def _compiled(model: nn.Module, device: torch.device) -> Predictor:
         try:  # the first call of each shape compiles; a compiler missing or failing here makes it absent
             out = plain_run(x)
         except Exception as e:  # inductor raises many types (BackendCompilerFailed, CalledProcessError, ...)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise Unavailable(f"torch.compile does not work here: {type(e).__name__}: {first[:160]}") from e
+            raise Unavailable(f"torch.compile does not work here: {type(e).__name__}: {first_line(e)}") from e
         predictor.info["compile_seconds"][shape] = round(time.perf_counter() - t0, 2)
         return out
 
@@ -269,29 +271,29 @@ class Exports:
 
     def _make(self, name: str, model: nn.Module, kind: str, stem: str) -> Path:
         cpu_model = copy.deepcopy(model).cpu().eval()
-        try:
-            if kind == "checkpoint":  # the zoo's checkpoint format, holding these weights
-                from mnist_zoo.checkpoint import save_checkpoint
+        if kind == "checkpoint":  # the zoo's checkpoint format, holding these weights (not torchscript's .pt)
+            from mnist_zoo.checkpoint import save_checkpoint
 
-                return save_checkpoint(cpu_model, {"model": name}, self.directory / f"{stem}.pt")
+            return save_checkpoint(cpu_model, {"model": name}, self.directory / f"{stem}.checkpoint.pt")
+        path = self.directory / f"{stem}{FORMATS[kind].suffix}"  # a KeyError for a kind that is no format
+        try:
             if kind == "torchscript":
                 from export.to_torchscript import export_torchscript
 
-                return Path(export_torchscript(cpu_model, self.directory / f"{stem}.ts.pt"))
+                return Path(export_torchscript(cpu_model, path))
             if kind == "onnx":
                 from export.to_onnx import export_onnx
 
-                return Path(export_onnx(cpu_model, self.directory / f"{stem}.onnx"))
+                return Path(export_onnx(cpu_model, path))
             if kind == "onnx-int8":
                 from export.quantize import quantize_int8
 
-                fp32 = self.path(name, model, "onnx")
-                return Path(quantize_int8(fp32, self.directory / f"{stem}.int8.onnx", self.calibration))
+                return Path(quantize_int8(self.path(name, model, "onnx"), path, self.calibration))
         except ModuleNotFoundError as e:
             if (e.name or "").split(".")[0] in OPTIONAL_PACKAGES:
                 raise Unavailable(f"{e.name} is not installed ({INSTALL_HINT})") from None
             raise
-        raise ValueError(f"unknown export kind {kind!r}")
+        raise ValueError(f"the benchmark loads no {kind!r} files")
 
 
 def artifact(runtime: str, model: nn.Module, exports: Exports, name: str) -> Path:

@@ -40,6 +40,7 @@ import torch
 from rich.table import Table
 
 from export import to_onnx, web
+from export.formats import FORMATS
 from export.quantize import calibration_images, quantize_int8
 from export.to_pt2 import export_pt2, load_pt2
 from export.to_torchscript import export_torchscript, load_torchscript
@@ -62,13 +63,6 @@ from mnist_zoo.util import (
 DEFAULT_OUT = "artifacts"
 VERIFY_THREADS = 1  # verification is a correctness check, not a benchmark: one thread, deterministic
 EXIT_UNVERIFIED = 3
-# format -> (file suffix, label)
-FORMATS = {
-    "onnx": (".onnx", "ONNX"),
-    "int8": (".int8.onnx", "ONNX int8"),
-    "torchscript": (".pt", "TorchScript"),
-    "pt2": (".pt2", "torch.export"),
-}
 BOUNDS = f"""verification bounds (mnist_zoo/targets.py):
   fp32: top-1 agreement >= {EXPORT_MIN_AGREEMENT:.2%}, max |logit diff| <= {EXPORT_MAX_ABS_DIFF:.0e}
   int8: accuracy drop <= {EXPORT_MAX_INT8_DROP * 100:.1f} points"""
@@ -132,7 +126,7 @@ def _formats(args: argparse.Namespace) -> list[str]:
     if args.all or not chosen:
         chosen = ["onnx", "torchscript", "pt2"]
     if args.int8:  # int8 is made from, and judged beside, the fp32 file
-        chosen = list(dict.fromkeys(["onnx", *chosen, "int8"]))
+        chosen = list(dict.fromkeys(["onnx", *chosen, "onnx-int8"]))
     if args.opset is not None and "onnx" not in chosen:
         raise UserError("--opset applies to ONNX; add --onnx")
     return chosen
@@ -163,52 +157,57 @@ def export_model(
     meta: dict,
     formats: list[str],
     out_dir: Path,
-    args: argparse.Namespace,
     test: data.Split,
     calib: torch.Tensor | None,
+    *,
+    opset: int | None = None,
+    softmax: bool = False,
+    threads: int = VERIFY_THREADS,
 ) -> list[dict]:
-    """Export, verify and commit one model's artifacts; on a failure raise Unverified and commit nothing."""
+    """Export `model` (zoo model `name`, its checkpoint's `meta`) in `formats` to `out_dir`, verify every artifact
+    on `test` with `threads` threads, and move them into place; on a failure raise Unverified and commit
+    nothing. `calib`: the int8 calibration images (onnx-int8); `opset`: ONNX's (default: the exporter's)."""
     images = data.normalize(test.images)
-    reference = reference_logits(model, images, threads=args.threads)
+    reference = reference_logits(model, images, threads=threads)
     metadata = artifact_metadata(name, meta)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-staging.{os.getpid()}.", suffix=".tmp", dir=out_dir))
     fp32_onnx = staging / f"{name}.onnx"
     records: list[dict] = []
     try:
         for fmt in formats:
-            suffix, label = FORMATS[fmt]
-            path = staging / f"{name}{suffix}"
+            label = FORMATS[fmt].label
+            path = staging / f"{name}{FORMATS[fmt].suffix}"
             t0 = time.perf_counter()
             if fmt == "onnx":
-                to_onnx.export_onnx(model, path, opset=args.opset, softmax=args.softmax, metadata=metadata)
-            elif fmt == "int8":
+                to_onnx.export_onnx(model, path, opset=opset, softmax=softmax, metadata=metadata)
+            elif fmt == "onnx-int8":
                 quantize_int8(fp32_onnx, path, calib)
             elif fmt == "torchscript":
-                export_torchscript(model, path, softmax=args.softmax, metadata=metadata)
+                export_torchscript(model, path, softmax=softmax, metadata=metadata)
             else:
-                export_pt2(model, path, softmax=args.softmax, metadata=metadata)
+                export_pt2(model, path, softmax=softmax, metadata=metadata)
             seconds = time.perf_counter() - t0
-            is_onnx = fmt in ("onnx", "int8")
+            is_onnx = FORMATS[fmt].onnx
             if is_onnx:
-                int8 = fmt == "int8"
-                parity = verify_onnx(path, reference, images, test.labels, int8=int8, threads=args.threads)
+                int8 = fmt == "onnx-int8"
+                parity = verify_onnx(path, reference, images, test.labels, int8=int8, threads=threads)
             else:
                 load = load_torchscript if fmt == "torchscript" else load_pt2
-                parity = verify_torch(load, path, reference, images, test.labels, threads=args.threads)
+                parity = verify_torch(load, path, reference, images, test.labels, threads=threads)
             final = out_dir / path.name
             record = {
                 "model": name,
                 "artifact": str(final),
                 "format": fmt,
                 "label": label,
-                "opset": (args.opset or to_onnx.DEFAULT_OPSET) if is_onnx else None,
+                "opset": (opset or to_onnx.DEFAULT_OPSET) if is_onnx else None,
                 "bytes": path.stat().st_size,
                 "export_seconds": seconds,
                 "replaced": final.exists(),
-                "softmax": args.softmax,
+                "softmax": softmax,
                 "verification": parity.as_dict(),
             }
-            if fmt == "int8":
+            if fmt == "onnx-int8":
                 record["size_ratio"] = record["bytes"] / fp32_onnx.stat().st_size
             records.append(record)
             if not parity.ok:
@@ -233,7 +232,7 @@ def results_table(records: list[dict], threads: int) -> Table:
     formats = {r["format"] for r in records}
     directories = ", ".join(sorted({str(Path(r["artifact"]).parent) for r in records}))
     images = records[0]["verification"]["images"]
-    int8_bound = f" (int8 needs >= -{EXPORT_MAX_INT8_DROP * 100:.1f})" if "int8" in formats else ""
+    int8_bound = f" (int8 needs >= -{EXPORT_MAX_INT8_DROP * 100:.1f})" if "onnx-int8" in formats else ""
     # One line per column and fact, so that at 80 columns no term is split from its meaning.
     footer = [
         "secs: export time",
@@ -286,13 +285,14 @@ def run(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args.out)
     ort_web = web.ort_web_files(args.ort_web) if args.web else None  # before any training: fail fast
     test = data.load("test", args.data_dir)
-    calib = calibration_images(data.load("train", args.data_dir)) if "int8" in formats else None
+    calib = calibration_images(data.load("train", args.data_dir)) if "onnx-int8" in formats else None
     progress = not (args.no_progress or args.json)
     records: list[dict] = []
     for name in names:
         model, meta = ensure_trained(name, data_dir=args.data_dir, progress=progress)
         try:
-            records += export_model(name, model, meta, formats, out_dir, args, test, calib)
+            options = dict(opset=args.opset, softmax=args.softmax, threads=args.threads)
+            records += export_model(name, model, meta, formats, out_dir, test, calib, **options)
         except Unverified as e:
             if records:
                 err.print(f"written before the failure: {', '.join(r['artifact'] for r in records)}")

@@ -1,5 +1,5 @@
 """What every exporter shares: the module that is exported, the input contract, the metadata of the torch
-archives, one-line errors and a quiet exporter stack.
+archives, one-line errors (first_line) and a quiet exporter stack.
 
 The contract of every artifact (ONNX, TorchScript, torch.export):
   input  `image`  float32 [batch, 1, 28, 28], already normalised: (pixel / 255 - 0.1307) / 0.3081
@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mnist_zoo.data import MEAN, STD
+from mnist_zoo.util import first_line as first_line  # the exporters' one-line errors (export/to_*.py)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -99,12 +100,6 @@ def archive_metadata(metadata: dict | None, fmt: str, softmax: bool) -> dict:
         "normalisation": NORMALISATION,
         "softmax": softmax,
     }
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message, cut short: exporter and runtime errors can run to pages, and
-    the user gets one line."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 class _Collect(logging.Handler):

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from export import cli, to_onnx, verify
 from export.common import prepare
+from export.formats import FORMATS
 from export.integrity import EXTRA_FILE, onnx_metadata, weights_digest
 from export.quantize import calibration_images, quantize_int8
 from export.to_pt2 import export_pt2, load_pt2
@@ -281,12 +282,12 @@ def test_cli_failed_verification_writes_nothing(lenet_checkpoint, tmp_path, caps
 
 def _record(fmt: str) -> dict:
     """A results record of `fmt` at its widest (cli.export_model's keys that the table shows)."""
-    suffix, label = cli.FORMATS[fmt]
+    suffix, label = FORMATS[fmt].suffix, FORMATS[fmt].label
     return {
         "artifact": f"/tmp/artifacts/lenet{suffix}",
         "format": fmt,
         "label": label,
-        "opset": 20 if suffix.endswith(".onnx") else None,
+        "opset": 20 if FORMATS[fmt].onnx else None,
         "bytes": 999_000,
         "export_seconds": 12.34,
         "verification": {
@@ -296,7 +297,7 @@ def _record(fmt: str) -> dict:
             "accuracy": 0.9924,
             "reference_accuracy": 0.9924,  # equal: Δ acc must read +0.00
         },
-        **({"size_ratio": 0.33} if fmt == "int8" else {}),
+        **({"size_ratio": 0.33} if fmt == "onnx-int8" else {}),
     }
 
 
@@ -307,7 +308,7 @@ def _rendered(records: list[dict], width: int) -> str:
 
 
 def test_results_table_reads_at_80_columns():
-    every_format = [_record(fmt) for fmt in cli.FORMATS]
+    every_format = [_record(fmt) for fmt in FORMATS]
     # rich squeezes and wraps a table wider than the console: identical output means it fits as it is
     assert _rendered(every_format, 80) == _rendered(every_format, 200)
     assert "TorchScript is deprecated" in _rendered(every_format, 80)
