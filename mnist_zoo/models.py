@@ -35,7 +35,7 @@ class ModelInfo:
     description: str
     params: int
     macs: int  # multiply-adds per image, forward pass
-    # Train in channels-last memory format on a CPU: oneDNN's convolutions ran ~20% faster with it (lenet).
+    # Train in channels-last memory format on a CPU: oneDNN's convolutions prefer it (docs/benchmarks.md).
     channels_last: bool = False
 
 
@@ -63,9 +63,12 @@ def count_macs(model: nn.Module) -> int:
 
 
 def register_model(name: str, description: str, channels_last: bool = False) -> Callable:
-    """Decorator: add a model builder to the zoo under `name`."""
+    """Decorator: add a model builder to the zoo under `name`; a name already in the zoo is a ValueError (as in
+    torchvision's registry), never a silent replacement."""
 
     def wrap(builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"a model is already registered under the name {name!r}")
         model = builder()
         params = sum(p.numel() for p in model.parameters())
         _REGISTRY[name] = ModelInfo(name, builder, description, params, count_macs(model), channels_last)
@@ -104,7 +107,7 @@ def dnn() -> nn.Module:
 def lenet() -> nn.Module:
     # The tutorial's conv, ReLU, max-pool with the last two swapped: the max of ReLUs is the ReLU of the max, so
     # outputs and gradients are the same to the bit (tested), but the ReLU and its backward touch a quarter of
-    # the values: lenet trained ~8% faster on 2 CPU cores. The parameters keep their names (0, 3, 7, 9).
+    # the values (docs/benchmarks.md has the speed-up). The parameters keep their names (0, 3, 7, 9).
     # In-place ReLUs: a layer's output is not needed for its own backward pass, so overwriting it saves an
     # allocation per step.
     return nn.Sequential(

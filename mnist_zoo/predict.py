@@ -36,7 +36,7 @@ PAPER_QUANTILE = 0.98  # the paper's own noise: this quantile of the border's di
 MAX_PIXELS = 100_000_000
 # Larger images are decoded reduced to about this many pixels a side (JPEG at 1/2-1/8 scale straight from the
 # file, then whole-pixel box averaging, which keeps a thin stroke as grey): a digit ends up 20 pixels tall, and
-# an 8000 x 8000 image prepared in full took 3 GB and 11 s.
+# preparing a photo's millions of pixels in full would cost gigabytes of memory and seconds.
 WORK_SIDE = 1024
 
 

@@ -17,8 +17,9 @@ export that broke, not for rounding. A file that passes export verification pass
 from __future__ import annotations
 
 # Test accuracy each model reaches with its default recipe: time-to-accuracy targets, the benchmark's accuracy
-# floors and the regression check's. Set under the mean of seeds 0-2 (mlp 92.60%, dnn 98.28%, lenet 99.27%) by
-# more than their spread, so a good recipe never fails them by the luck of the seed.
+# floors and the regression check's. Set under each model's mean over seeds (mlp, dnn and lenet over seeds 0-2,
+# cnn over seeds 0-4: docs/recipes.md) by more than their spread, so a good recipe never fails them by the luck
+# of the seed.
 TARGET_ACCURACY = {"mlp": 0.92, "dnn": 0.975, "lenet": 0.99, "cnn": 0.995}
 
 # Export verification, on all 10,000 test images, at batch 1,000 and at batch 1 (export/verify.py).

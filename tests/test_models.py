@@ -6,12 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_zoo import get_model, list_models, model_info
+from mnist_zoo import get_model, list_models, model_info, register_model
 from mnist_zoo.util import UserError
 
 
 def test_registry_lists_the_four_models():
     assert list_models() == ["mlp", "dnn", "lenet", "cnn"]
+
+
+def test_a_name_already_in_the_zoo_is_refused():
+    with pytest.raises(ValueError, match="already registered under the name 'lenet'"):
+        register_model("lenet", "another lenet")(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
+    assert model_info("lenet").params == 38_390 and list_models() == ["mlp", "dnn", "lenet", "cnn"]
 
 
 def test_unknown_model_lists_the_choices():
