@@ -15,6 +15,7 @@ import torch
 from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from mnist_zoo.cli import main
 from mnist_zoo.models import get_model
+from mnist_zoo.progress import Progress
 from mnist_zoo.recipes import TUTORIAL, lr_at, recipe_for
 from mnist_zoo.train import SliceGradient, confusion_matrix, default_streams, evaluate, train
 from mnist_zoo.util import STALE_TMP_S, UserError, atomic_write_bytes
@@ -110,6 +111,18 @@ def test_sliced_training_is_deterministic_and_restores_threads(train_split, test
     assert train("cnn", recipe, subset.subset(torch.arange(256))).streams == 1
     with pytest.raises(UserError, match="a model with BatchNorm trains in 1"):
         train("cnn", recipe, subset.subset(torch.arange(256)), streams=2)
+
+
+def test_progress_bar_counts_tracked_and_finished_runs():
+    info = {"epoch": 0, "step": 25, "total_steps": 100, "images": 8, "images_seen": 800, "elapsed": 1.0}
+    with Progress("train", 300) as bar:
+        on_step = bar.tracker("seed0", 100)  # trained here: filled step by step
+        on_step({**info, "loss": torch.tensor(4.0), "correct": torch.tensor(6)})
+        bar.skip("seed1", 100)  # reused: leaves the total
+        bar.advance("seed2", 100)  # finished elsewhere (Ray): joins at once
+        assert bar.done == 200
+    with Progress("train", 100, enabled=False) as quiet:
+        assert quiet.tracker("seed0", 100) is None
 
 
 def test_evaluate_counts_and_confusion(test_split):
