@@ -4,6 +4,7 @@ every entry point."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -66,6 +67,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks: memory stays small whatever the file's size."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def remove_stale_temps(directory: Path) -> None:
