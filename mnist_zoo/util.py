@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from mnist_zoo.launch import interruption
+
 # The one console pair of every command line: results on stdout, progress, notes and errors on stderr.
 out = Console()
 err = Console(stderr=True)
@@ -221,13 +223,13 @@ def environment(device: torch.device | str = "cpu") -> dict:
 
 def guarded(command: Callable[[], int]) -> int:
     """Run a CLI command: user-fixable errors become one line on stderr and their exit code (1 unless the error
-    says otherwise), Ctrl-C exits 130. Ctrl-C before this runs (imports) is mnist_zoo.launch's."""
+    says otherwise), Ctrl-C exits 130, SIGTERM 143. Signals before this runs (imports) are mnist_zoo.launch's."""
     try:
         return command()
     except UserError as e:
         return fail(str(e), e.exit_code)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    except KeyboardInterrupt as e:  # SIGTERM arrives as its subclass, mnist_zoo.launch.Terminated
+        return fail(*interruption(e))
 
 
 def fail(message: str, code: int = 1) -> int:
