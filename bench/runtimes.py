@@ -322,7 +322,7 @@ def build(
     if runtime == "compile":
         return _compiled(copy.deepcopy(model).to(device).eval(), device)
     if runtime == "torchscript":
-        from export.to_torchscript import load_torchscript  # checks the weights digest the export wrote
+        from export.to_torchscript import load_torchscript  # checks the file's SHA-256, then the weights'
 
         scripted, _ = load_torchscript(artifact(runtime, model, exports, name))
         return _torch_predictor(scripted.to(device).eval(), device)

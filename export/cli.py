@@ -41,6 +41,7 @@ from rich.table import Table
 
 from export import to_onnx, web
 from export.formats import FORMATS
+from export.integrity import digest_path
 from export.quantize import calibration_images, quantize_int8
 from export.to_pt2 import export_pt2, load_pt2
 from export.to_torchscript import export_torchscript, load_torchscript
@@ -216,7 +217,10 @@ def export_model(
                     f"{name}: {label} failed verification: {problems} (nothing of {name} was written)"
                 )
         for r in records:  # every artifact of this model verified: move them into place, each atomically
-            os.replace(staging / Path(r["artifact"]).name, r["artifact"])
+            staged = staging / Path(r["artifact"]).name
+            if digest_path(staged).is_file():  # .pt, .pt2: the SHA-256 their loaders check before loading
+                os.replace(digest_path(staged), digest_path(r["artifact"]))
+            os.replace(staged, r["artifact"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return records

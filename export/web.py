@@ -15,29 +15,25 @@ onnxruntime-web comes from npm at the version pinned below (`npm pack`), is chec
 of its tarball and of the three files used, and is kept in the cache beside MNIST's
 ($XDG_CACHE_HOME/mnist-zoo/onnxruntime-web/). `--ort-web DIR` takes a local copy instead.
 
-The server binds 127.0.0.1 only and serves .wasm as application/wasm and .mjs as JavaScript whatever the
-system's MIME tables say (Windows' registry can call .js text/plain, which browsers refuse for modules). It
-sends the two headers that make the page cross-origin isolated: performance.now() then ticks every 5 µs
-rather than 100 µs, and onnxruntime-web may use more than one wasm thread (without them it uses one).
+The page is served by export/page_server.py (`python -m export serve DIR`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import shutil
 import subprocess
 import tarfile
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import onnx
 
 from export.integrity import onnx_metadata
+from export.page_server import DEFAULT_PORT, HOST, page_dir, serve, server  # noqa: F401 (as web.serve, ...)
 from mnist_zoo.data import cache_dir
-from mnist_zoo.util import UserError, atomic_write_bytes, err, out, write_json
+from mnist_zoo.util import UserError, atomic_write_bytes, err, write_json
 
 ORT_WEB_VERSION = "1.30.0"
 ORT_WEB = f"onnxruntime-web@{ORT_WEB_VERSION}"
@@ -49,8 +45,6 @@ ORT_WEB_FILES = {  # package/dist/<name>: what the page loads (14 MB), also pinn
     "ort-wasm-simd-threaded.wasm": "3398c10d07d229bd91b364548e130e0e51a8e5704b88c7c083ebbeb78842dee2",
 }
 PAGE = Path(__file__).with_name("page")  # index.html, app.js, predict.js
-HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 NPM_TIMEOUT_S = 300
 
 
@@ -163,61 +157,3 @@ def build(web_dir: Path, models: list[Path], ort_files: dict[str, bytes]) -> Pat
     entries.sort(key=lambda e: -(e["test_accuracy"] or 0))
     write_json(web_dir / "models.json", {"models": entries, "onnxruntime_web": ORT_WEB_VERSION})
     return web_dir
-
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files with fixed MIME types and the headers of a cross-origin isolated page; logs only failures."""
-
-    extensions_map = {
-        ".html": "text/html; charset=utf-8",
-        ".js": "text/javascript",
-        ".mjs": "text/javascript",
-        ".json": "application/json",
-        ".wasm": "application/wasm",
-        ".onnx": "application/octet-stream",
-        ".png": "image/png",
-    }
-
-    def end_headers(self) -> None:
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cache-Control", "no-cache")  # a page or model exported again shows at the next load
-        super().end_headers()
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        if str(code).isdigit() and int(code) >= 400:
-            super().log_request(code, size)
-
-
-def page_dir(directory: str | Path) -> Path:
-    """The folder holding index.html: `directory` itself or its web/ (the --out folder of an export)."""
-    directory = Path(directory).expanduser()
-    for candidate in (directory, directory / "web"):
-        if (candidate / "index.html").is_file():
-            return candidate
-    raise UserError(f"{directory} holds no page (index.html); write one with: python -m export lenet --web")
-
-
-def server(directory: str | Path, port: int = DEFAULT_PORT) -> http.server.ThreadingHTTPServer:
-    """An HTTP server for the page in `directory` on 127.0.0.1:`port` (0: any free port), not yet serving."""
-    handler = partial(Handler, directory=str(page_dir(directory)))
-    try:
-        return http.server.ThreadingHTTPServer((HOST, port), handler)
-    except OSError as e:
-        raise UserError(
-            f"cannot listen on {HOST}:{port} ({e.strerror or e}); choose another --port"
-        ) from None
-
-
-def serve(directory: str | Path, port: int = DEFAULT_PORT) -> int:
-    """python -m export serve: serve the page until Ctrl-C."""
-    root = page_dir(directory)
-    httpd = server(root, port)
-    out.print(f"serving {root} on http://{HOST}:{httpd.server_port}/ (Ctrl-C stops it)", highlight=False)
-    try:
-        httpd.serve_forever()
-    except KeyboardInterrupt:
-        err.print("stopped")
-    finally:
-        httpd.server_close()
-    return 0

@@ -1,7 +1,7 @@
 """The page of `python -m export --web` in headless Chromium, through Playwright: for the tests and the benchmark.
 
     >>> from export import web, web_browser
-    >>> httpd = web.server("artifacts", port=0)              # serve it (in a thread: web_browser.serving)
+    >>> httpd = web.server("artifacts", port=0)              # export.page_server, served by web_browser.serving
     >>> with web_browser.chromium() as browser:              # Unavailable, with the reason, when absent
     ...     tab = web_browser.open_tab(browser, "http://127.0.0.1:8000/")
     ...     tab.page.locator("#digit").text_content(); tab.outside, tab.errors
@@ -19,10 +19,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from export.web import HOST
+from export.page_server import HOST, Server
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 INSTALL = "Debian: apt-get install chromium; elsewhere set MNIST_ZOO_CHROMIUM to a Chromium or Chrome"
@@ -83,7 +82,7 @@ def open_tab(browser, url: str, **context) -> Tab:
 
 
 @contextmanager
-def serving(httpd: ThreadingHTTPServer) -> Iterator[str]:
+def serving(httpd: Server) -> Iterator[str]:
     """Serve `httpd` (export.web.server) in a thread; yields its URL."""
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

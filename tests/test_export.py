@@ -25,7 +25,7 @@ from rich.console import Console
 from export import cli, to_onnx, verify
 from export.common import prepare
 from export.formats import FORMATS
-from export.integrity import EXTRA_FILE, onnx_metadata, weights_digest
+from export.integrity import EXTRA_FILE, digest_path, onnx_metadata, weights_digest
 from export.quantize import calibration_images, quantize_int8
 from export.to_pt2 import export_pt2, load_pt2
 from export.to_torchscript import export_torchscript, load_torchscript
@@ -33,7 +33,7 @@ from mnist_zoo import data, recipes
 from mnist_zoo.checkpoint import checkpoint_dir
 from mnist_zoo.models import list_models
 from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP
-from mnist_zoo.util import UserError
+from mnist_zoo.util import UserError, sha256_file
 
 SUBSET = 2000
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,11 +180,18 @@ def test_tampered_torchscript_is_refused(small_trained, tmp_path):
     with torch.no_grad():
         next(iter(module.parameters()))[0, 0] += 1.0
     torch.jit.save(module, str(tmp_path / "edited.pt"), _extra_files=extra)  # the old digest, new weights
+    with pytest.raises(UserError, match="no edited.pt.sha256 beside it"):
+        load_torchscript(tmp_path / "edited.pt")
+    shutil.copy(digest_path(path), digest_path(tmp_path / "edited.pt"))  # the file's SHA-256 is checked first
     with pytest.raises(UserError, match="modified after export.*catches accidental changes, not deliberate"):
         load_torchscript(tmp_path / "edited.pt")
+    # with a matching file digest, the weights digest inside still catches the edit
+    sha256 = sha256_file(tmp_path / "edited.pt")
+    with pytest.raises(UserError, match="weights SHA-256 mismatch"):
+        load_torchscript(tmp_path / "edited.pt", sha256=sha256)
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="not a readable TorchScript file"):
-        load_torchscript(tmp_path / "junk.pt")
+        load_torchscript(tmp_path / "junk.pt", sha256=sha256_file(tmp_path / "junk.pt"))
 
 
 def test_opsets(small_trained, tmp_path, monkeypatch):
@@ -264,7 +271,8 @@ def test_cli_exports_verifies_and_replaces(lenet_checkpoint, tmp_path, capsys):
         v = r["verification"]
         assert v["ok"] and v["images"] == 10_000 and v["agree"] >= 9_999 and v["max_abs_diff"] <= 1e-4
         assert v["batch1_images"] > 0 and r["replaced"] is False and Path(r["artifact"]).is_file()
-    assert sorted(p.name for p in out_dir.iterdir()) == ["lenet.onnx", "lenet.pt"]  # no staging left
+    # no staging left; TorchScript's SHA-256 beside it
+    assert sorted(p.name for p in out_dir.iterdir()) == ["lenet.onnx", "lenet.pt", "lenet.pt.sha256"]
     assert cli.main(["lenet", "--onnx", "--out", str(out_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["artifacts"][0]["replaced"] is True
 

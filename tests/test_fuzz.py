@@ -1,6 +1,9 @@
-"""Fuzzing every file-facing reader with Hypothesis: IDX files (raw and gzipped), checkpoints, ONNX files and
-images for predict, random and mutated. Each case must end in a right answer or a one-line error and a non-zero
-exit: never a traceback, a hang, or a file written where the command was not asked to write.
+"""Fuzzing every file-facing reader with Hypothesis: IDX files (raw and gzipped), checkpoints, ONNX,
+TorchScript and torch.export files, images for predict, random and mutated, and the page server's requests.
+Each case must end in a right answer or a one-line error and a non-zero exit: never a traceback, a hang, or a
+file written where the command was not asked to write; a TorchScript or .pt2 file that does not match its
+SHA-256 never reaches torch's loader; the server answers every request with an HTTP status, never 500, and
+never with a byte from outside its folder.
 
     pytest tests/test_fuzz.py                                    # the default budget: seconds per reader
     HYPOTHESIS_PROFILE=fuzz pytest tests/test_fuzz.py --hypothesis-show-statistics   # tox -e fuzz
@@ -12,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,16 +28,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from export import cli as export_cli
-from export import to_onnx, verify
+from export import integrity, page_server, to_onnx, to_pt2, to_torchscript, verify
 from mnist_zoo import data
 from mnist_zoo.cli import main
 from mnist_zoo.models import list_models
-from mnist_zoo.util import UserError
+from mnist_zoo.util import UserError, sha256_file
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
 settings.register_profile(
@@ -186,6 +192,170 @@ def test_onnx_files(sealed, draw, mlp_onnx):
                 return
     event("loaded")
     assert session.get_inputs()
+
+
+# --- TorchScript and torch.export files ----------------------------------------------------------------------
+
+TORCH_FORMATS = {  # format -> (exporter, loader, the torch module whose load must not see an unverified file)
+    "torchscript": (to_torchscript.export_torchscript, to_torchscript.load_torchscript, torch.jit),
+    "pt2": (to_pt2.export_pt2, to_pt2.load_pt2, torch.export),
+}
+
+
+@pytest.fixture(scope="module")
+def mlp_torch_files(small_trained, tmp_path_factory) -> dict[str, bytes]:
+    model, meta, _ = small_trained("mlp")
+    metadata = export_cli.artifact_metadata("mlp", meta)
+    folder = tmp_path_factory.mktemp("fuzz-torch")
+    return {
+        fmt: export(model, folder / f"mlp.{fmt}", metadata=metadata).read_bytes()
+        for fmt, (export, _, _) in TORCH_FORMATS.items()
+    }
+
+
+@pytest.mark.parametrize("digest", ["genuine", "matching"])
+@pytest.mark.parametrize("fmt", list(TORCH_FORMATS))
+@settings(PROFILE)
+@given(draw=st.data())
+def test_torch_files(fmt, digest, draw, mlp_torch_files, monkeypatch):
+    """genuine: the damaged file beside the exporter's NAME.sha256: refused before torch's loader runs, unless
+    it is the very file. matching: a NAME.sha256 made for the damaged bytes (what a careless copy would do), so
+    torch's loader parses them: a module whose weights still match their digest, or a one-line UserError."""
+    good = mlp_torch_files[fmt]
+    blob = draw.draw(inputs(good))
+    _, load, module = TORCH_FORMATS[fmt]
+    torch_load, seen = module.load, []
+
+    def watched(*args, **kwargs):
+        seen.append(1)
+        return torch_load(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load", watched)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / f"mlp.{fmt}"
+        target.write_bytes(blob)
+        integrity.write_digest(
+            target, sha256_file(target) if digest == "matching" else hashlib.sha256(good).hexdigest()
+        )
+        with case(Path(tmp)):
+            try:
+                loaded, meta = load(target)
+            except UserError as e:
+                assert "\n" not in str(e)
+                event(f"refused: {str(e).removeprefix(str(target)).split(' (')[0].strip()[:40]}")
+                assert seen == [] or digest == "matching"
+                return
+    event("loaded")
+    assert blob == good or digest == "matching"
+    assert meta["model"] == "mlp" and callable(loaded)
+
+
+# --- the page server's requests ------------------------------------------------------------------------------
+
+SECRET = b"a secret beside the page folder"
+
+
+@pytest.fixture(scope="module")
+def page_site(tmp_path_factory):
+    """(port, page folder): a small page, a symlink out of it, a subfolder and a dotfile, served in a thread."""
+    root = tmp_path_factory.mktemp("fuzz-site")
+    (root / "secret.txt").write_bytes(SECRET)
+    page = root / "web"
+    page.mkdir()
+    (page / "index.html").write_text("<p>page</p>")
+    (page / "app.js").write_text("export {};")
+    (page / "m.onnx").write_bytes(bytes(range(256)) * 64)
+    (page / "link.txt").symlink_to(root / "secret.txt")
+    (page / "sub").mkdir()
+    (page / "sub" / "secret.txt").write_bytes(SECRET)
+    (page / ".hidden").write_bytes(SECRET)
+    httpd = page_server.server(root, port=0)
+    from export.web_browser import serving
+
+    with serving(httpd):
+        yield httpd.server_port, page
+
+
+PIECES = ["/", "..", ".", "%2e", "%2E%2e", "%2f", "%00", "%ff", "\\", "//", "index.html", "app.js", "m.onnx"]
+PIECES += ["link.txt", "secret.txt", "sub", ".hidden", "?", "#", ";", "*", "http://localhost", "~"]
+
+
+@st.composite
+def requests(draw: st.DrawFn, port: int) -> bytes:
+    """A raw HTTP/1.x request: a method, a target built from path pieces, a version, a Host that may be right,
+    wrong or absent, extra header lines, maybe a body. Half are well formed apart from their path (what a
+    browser could send, so that the file-serving code is reached); the rest are damaged anywhere, or are
+    plain random bytes."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(min_size=1, max_size=512))
+    clean = draw(st.booleans())
+    ascii_noise = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=8)
+    noise = ascii_noise if clean else ascii_noise | st.text(max_size=4)
+    target = "/" + "".join(draw(st.lists(st.sampled_from(PIECES) | noise, max_size=6)))
+    if not clean and draw(st.booleans()):
+        target = target[1:]
+    good_host = [f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"]
+    bad_host = ["evil.example", f"localhost:{port + 1}", "localhost"]
+    if clean:
+        method = draw(st.sampled_from([b"GET", b"HEAD"]))
+        version, host = b"HTTP/1.1", draw(st.sampled_from(good_host))
+    else:
+        method = draw(st.sampled_from([b"GET", b"HEAD", b"POST", b"OPTIONS", b"PUT", b"get", b"G\x00T", b""]))
+        version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1x", b""]))
+        host = draw(st.none() | st.sampled_from(good_host + bad_host) | st.text(max_size=20))
+    lines = [b" ".join(p for p in (method, target.encode("utf-8", "surrogatepass"), version) if p)]
+    if host is not None:
+        lines.append(b"Host: " + host.encode("utf-8", "surrogatepass"))
+    field = st.sampled_from([b"Accept", b"If-None-Match", b"Range", b"X-Forwarded-Host", b"Content-Length"])
+    value = ascii_noise.map(str.encode) if clean else st.binary(max_size=40)
+    header = st.tuples(field, value).map(lambda h: h[0] + b": " + h[1])
+    extra = header if clean else header | st.binary(max_size=60)
+    lines += [x.replace(b"\r", b"").replace(b"\n", b"") for x in draw(st.lists(extra, max_size=3))]
+    lines.append(b"Connection: close")
+    body = (
+        b""
+        if clean
+        else draw(st.sampled_from([b"", b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n"]))
+    )
+    return b"\r\n".join(lines) + b"\r\n" + body + b"\r\n" + (b"" if clean else draw(st.binary(max_size=16)))
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        answer = b""
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)  # all sent: the server sees the end rather than waiting for more
+            while chunk := s.recv(1 << 16):
+                answer += chunk
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
+            pass
+    return answer
+
+
+@settings(PROFILE, max_examples=PROFILE.max_examples * 4)  # a request costs milliseconds
+@given(draw=st.data())
+def test_server_requests(draw, page_site, capfd):
+    port, page = page_site
+    data = draw.draw(requests(port))
+    answer = _raw(port, data)
+    served = {p.name: p.read_bytes() for p in page.iterdir() if p.is_file() and not p.is_symlink()}
+    assert SECRET not in answer
+    if answer:  # nothing at all: the server closed a connection whose request never ended
+        assert answer.startswith(b"HTTP/1."), answer[:80]
+        status = int(answer.split()[1])
+        event(f"status {status}")
+        assert status != 500 and status in (200, 304, 400, 403, 404, 405, 413, 431, 501, 505), answer[:80]
+        if status == 200 and data.startswith(b"GET"):  # the first answer's body (more may follow: pipelining)
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert rest[:length] in served.values()
+    else:
+        event("closed")
+    assert _raw(port, f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode()).startswith(
+        b"HTTP/1.1 200"
+    )
+    assert "Traceback" not in capfd.readouterr().err
 
 
 # --- images for predict ------------------------------------------------------------------------------------
