@@ -21,12 +21,15 @@ every row of that runtime and model.
 from __future__ import annotations
 
 import io
+import os
+import sys
+import time
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from bench import coldstart, machine, report
+from bench import coldstart, machine, report, results
 from bench.plugin import DEPLOY_RUNS
 from bench.runtimes import Exports, artifact
 from mnist_zoo import cpu, data
@@ -34,12 +37,18 @@ from mnist_zoo.models import get_model
 from mnist_zoo.targets import TARGET_ACCURACY, TUTORIAL_ACCURACY
 from mnist_zoo.util import UserError, cpu_name, device_name
 
-QUICK_BUDGET_S = 0.3  # seconds of timed calls per latency row in --bench-quick (full: --benchmark-max-time)
+QUICK_BUDGET_S = (
+    0.3  # the most seconds of timed calls per latency row in --bench-quick (full: --benchmark-max-time)
+)
 SEED = 0
 # Models that --bench-quick (CI's check) does not train: minutes each to their targets on 2 cores. Their training
 # and accuracy rows are in the full run; tests/test_export.py verifies their exports; latency rows run untrained.
 QUICK_UNTRAINED = ("cnn",)
+# pytest-benchmark's default columns: 4.x sets this list as the option's default, 5.x leaves the option None
+# and fills the list in later (so a comparison with the list alone keeps all ten on 5.x).
 DEFAULT_COLUMNS = ["min", "max", "mean", "stddev", "median", "iqr", "outliers", "ops", "rounds", "iterations"]
+OUR_COLUMNS = ["median", "iqr", "ops", "rounds"]
+PROGRESS = pytest.StashKey[dict]()  # benchmark groups still running, for the progress lines off a terminal
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ def pytest_configure(config: pytest.Config) -> None:
     busy = cpu.sample()
     idle = cpu.default_threads(busy, quiet=True)
     most = max(1, min(cpu.TORCH_DEFAULT_THREADS, int(cpu.available())))
+    _CONFIG["config"] = config
     config.stash[OPTIONS] = Options(
         threads=_threads(config.getoption("--bench-threads"), idle),
         train_threads=train_threads or idle,
@@ -100,8 +110,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     # pytest-benchmark's own table has ten columns of seconds for every row (230 characters wide): keep the
     # ones that matter beside our summary, unless asked for others.
-    if config.getoption("benchmark_columns") == DEFAULT_COLUMNS:
-        config.option.benchmark_columns = ["median", "iqr", "ops", "rounds"]
+    config.option.benchmark_columns = narrow_columns(config.getoption("benchmark_columns"))
+
+
+def narrow_columns(columns: list[str] | None) -> list[str]:
+    """pytest-benchmark's columns: ours unless the user asked for others (None or the full default: not asked)."""
+    return OUR_COLUMNS if columns is None or list(columns) == DEFAULT_COLUMNS else columns
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -142,6 +156,62 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         rest = [i for i in items if i.path.parent.name != "bench" or i.path.name not in order]
         bench_items.sort(key=lambda i: order[i.path.name])
         items[:] = rest[:first] + bench_items + rest[first:]
+
+
+def _group(item: pytest.Item) -> str:
+    """The benchmark group an item belongs to, for the progress lines: its file and model."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    name = item.path.stem.removeprefix("test_")
+    return f"{name} {params['model_name']}" if "model_name" in params else name
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    benchmarks = [i for i in session.items if "benchmark" in getattr(i, "fixturenames", ())]
+    if session.config.getoption("benchmark_only") and benchmarks and not sys.stdout.isatty():
+        left: dict[str, set[str]] = {}
+        for item in benchmarks:
+            left.setdefault(_group(item), set()).add(item.nodeid)
+        files = {i.nodeid: i.path.name for i in benchmarks}
+        session.config.stash[PROGRESS] = dict(left=left, files=files, spent={}, start=time.monotonic())
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Off a terminal (a CI log), a line when a benchmark group finishes: elapsed, and an estimate of what is
+    left from the mean time of the finished benchmarks of each file (setup, call and teardown)."""
+    config = _CONFIG.get("config")
+    progress = config.stash.get(PROGRESS, None) if config else None
+    if progress is None or report.nodeid not in progress["files"]:
+        return
+    files, spent = progress["files"], progress["spent"]
+    spent[report.nodeid] = spent.get(report.nodeid, 0.0) + report.duration
+    group = next((g for g, ids in progress["left"].items() if report.nodeid in ids), None)
+    if report.when != "teardown" or group is None:
+        return
+    progress["left"][group].discard(report.nodeid)
+    if progress["left"][group]:
+        return
+    del progress["left"][group]
+    elapsed = time.monotonic() - progress["start"]
+    waiting = [n for ids in progress["left"].values() for n in ids]
+    overall = sum(spent.values()) / len(spent)
+
+    def mean(file: str) -> float:
+        done = [t for n, t in spent.items() if files[n] == file]
+        return sum(done) / len(done) if done else overall
+
+    line = f"[bench] {group} done; {len(spent)} of {len(files)} benchmarks in {_minutes(elapsed)}"
+    line += f", about {_minutes(sum(mean(files[n]) for n in waiting))} left" if waiting else ""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
+_CONFIG: dict = {}
 
 
 @pytest.fixture(scope="session")
@@ -285,7 +355,7 @@ def new_row(benchmark, bench_options: Options):
 
     def make(kind: str, **fields) -> dict:
         info = benchmark.extra_info
-        info.update(format=report.FORMAT, kind=kind, quick=bench_options.quick, seed=SEED, cpu=cpu_name())
+        info.update(format=results.FORMAT, kind=kind, quick=bench_options.quick, seed=SEED, cpu=cpu_name())
         info.update(cores=len(cpu.affinity()), versions=machine.versions())
         info.update(fields)
         if str(fields.get("device", "cpu")).startswith("cuda"):
@@ -298,14 +368,14 @@ def new_row(benchmark, bench_options: Options):
 def _our_rows(config: pytest.Config) -> list[dict]:
     benchmarks = getattr(getattr(config, "_benchmarksession", None), "benchmarks", [])
     done = [b for b in benchmarks if b and not b.has_error]
-    return [b.extra_info for b in done if b.extra_info.get("format") == report.FORMAT]
+    return [b.extra_info for b in done if b.extra_info.get("format") == results.FORMAT]
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus):
     # Before pytest-benchmark saves its JSON (its own sessionfinish wrapper runs inside this one): the ratios
     # between rows go into each row's extra_info, so --benchmark-json and autosaved files carry them.
-    report.derive(_our_rows(session.config))
+    results.derive(_our_rows(session.config))
     yield
 
 
@@ -328,7 +398,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         return
     doc = {"machine_info": {"mnist_zoo": _machine(config)}, "benchmarks": [{"extra_info": r} for r in rows]}
     buffer = io.StringIO()
-    tty = terminalreporter.hasmarkup  # piped output gets room for every column rather than an 80-column wrap
-    report.render(doc, buffer, width=terminalreporter._tw.fullwidth if tty else 150, color=tty)
+    tty = terminalreporter.hasmarkup
+    # The terminal's width, or COLUMNS when piped; a pipe without COLUMNS gets 100 rather than an 80-column wrap.
+    width = terminalreporter._tw.fullwidth if tty or os.environ.get("COLUMNS") else 100
+    report.render(doc, buffer, width=width, color=tty)
     terminalreporter.write_sep("=", "mnist-zoo benchmark summary")
     terminalreporter.write(buffer.getvalue())

@@ -1,0 +1,232 @@
+"""The regression check's probe: one fresh process that builds or measures the watched figures of one tree.
+
+    python bench/probe.py build DIR                      # this tree's exports of every model, into DIR
+    python bench/probe.py measure DIR --threads 1        # one JSON line: every watched figure, measured once
+    python bench/probe.py measure DIR --inject 0.10      # each timed call made 10% longer (calibration only)
+
+`python -m bench check --against REF` (bench/check.py) runs this file, always the head tree's copy, with the
+working directory and PYTHONPATH set to the tree under test (head, or REF checked out in a temporary worktree):
+the benchmark's code is head's, the code it measures is each tree's own (its models, exporters, ONNX Runtime
+session and training loop), as asv runs one benchmark suite over many commits. So it imports nothing from
+bench/ (that would be the tree's copy, which may predate this file), only the small, long-standing API of
+mnist_zoo and export; a figure the tree cannot produce is reported with the reason, not measured.
+
+Figures (seeded weights and seeded random images: a forward pass's or a training step's time does not depend
+on their values, and reading MNIST in every process would cost more than a round's measurement):
+  latency/MODEL/RUNTIME/b1      p50 of single calls at batch 1, eager, TorchScript, ORT fp32 and ORT int8
+  latency/lenet/ort-fp32/b1000  the same at batch 1000
+  training/lenet                images/s of the default recipe over TRAIN_STEPS steps (after WARM_STEPS)
+Each latency figure is measured in PASSES passes over all of them, SLICE_S of calls each after a warm-up, and
+its value is the median of all its calls: a burst of load during one pass moves it little.
+
+--inject F lengthens each timed call (a training step) by F of its own time, busy-waiting: a known slowdown
+of one side, to measure the check's power (bench/calibrate.py). Never used otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)  # this file's folder is head's bench/: its modules must not shadow the tree's
+
+RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8")
+FILES = {"torchscript": "{}.ts.pt", "ort-fp32": "{}.onnx", "ort-int8": "{}.int8.onnx"}
+SEED = 0
+PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 2, 0.04, 0.03, 3
+TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 20, 4
+
+
+def _model(name: str):
+    import torch
+
+    from mnist_zoo.models import get_model
+
+    torch.manual_seed(SEED)
+    return get_model(name).eval()
+
+
+def build(out: Path) -> dict:
+    """This tree's artifacts of every model (its own exporters), and what failed: {model/runtime: error}."""
+    from mnist_zoo import data
+    from mnist_zoo.models import list_models
+
+    out.mkdir(parents=True, exist_ok=True)
+    failed: dict[str, str] = {}
+    calibration = None
+    for name in list_models():
+        model = _model(name)
+        for runtime, pattern in FILES.items():
+            path = out / pattern.format(name)
+            try:
+                if runtime == "torchscript":
+                    from export.to_torchscript import export_torchscript
+
+                    export_torchscript(model, path)
+                elif runtime == "ort-fp32":
+                    from export.to_onnx import export_onnx
+
+                    export_onnx(model, path)
+                else:
+                    from export.quantize import calibration_images, quantize_int8
+
+                    if calibration is None:  # the tree's own choice of calibration images
+                        calibration = calibration_images(data.load("train"))
+                    quantize_int8(out / FILES["ort-fp32"].format(name), path, calibration)
+            except Exception as e:  # any failure of this tree's exporter: that figure is not measured
+                failed[f"{name}/{runtime}"] = _why(e)
+    return {"models": list(list_models()), "failed": failed}
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
+def _predictor(runtime: str, name: str, artifacts: Path, threads: int, x):
+    """A function running one call of `runtime` on `x` with this tree's loaders."""
+    import torch
+
+    if runtime == "eager":
+        module = _model(name)
+    elif runtime == "torchscript":
+        from export.to_torchscript import load_torchscript
+
+        module, _ = load_torchscript(artifacts / FILES[runtime].format(name))
+    else:
+        from export.verify import ort_session
+
+        session = ort_session(artifacts / FILES[runtime].format(name), threads)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        out = [session.get_outputs()[0].name]
+        return lambda: session.run(out, feed)
+
+    def run():
+        with torch.inference_mode():
+            return module(x)
+
+    return run
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _calls(fn, seconds: float, inject: float, times: list[float]) -> None:
+    """Call fn for `seconds` (at least MIN_CALLS times), appending each call's time (lengthened by `inject`)."""
+    start, n = time.perf_counter(), 0
+    while n < MIN_CALLS or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        _spin((t1 - t0) * inject)  # a no-op at 0, on both sides alike
+        times.append(time.perf_counter() - t0)
+        n += 1
+
+
+def _images(n: int):
+    """n seeded random MNIST-shaped images (uint8 [n, 28, 28]) and labels, as the tree's data.Split."""
+    import torch
+
+    from mnist_zoo import data
+
+    g = torch.Generator().manual_seed(SEED)
+    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+    return data.Split(images, torch.randint(0, 10, (n,), generator=g))
+
+
+def _training_rate(threads: int, inject: float) -> float:
+    """lenet's default recipe: images/s over steps WARM_STEPS..TRAIN_STEPS of one training run."""
+    import torch
+
+    from mnist_zoo.train import recipe_for, train
+
+    recipe = recipe_for(TRAIN_MODEL, epochs=1)
+    split = _images(TRAIN_STEPS * recipe.batch_size)
+    stamps: list[float] = []
+    waited = [0.0]
+
+    def on_step(info: dict) -> None:
+        # info["elapsed"] is taken before this call: the wait after step k counts in step k + 1's time
+        step = info["elapsed"] - (stamps[-1] if stamps else 0.0) - waited[0]
+        stamps.append(info["elapsed"])
+        waited[0] = step * inject
+        _spin(waited[0])
+
+    torch.set_num_threads(threads)
+    train(TRAIN_MODEL, recipe, split, seed=SEED, on_step=on_step)
+    images = (len(stamps) - WARM_STEPS) * recipe.batch_size
+    return images / (stamps[-1] - stamps[WARM_STEPS - 1])
+
+
+def measure(artifacts: Path, threads: int, inject: float, only: list[str] | None = None) -> dict:
+    """Every watched figure this tree can produce: {name: {"value", "unit", "calls"} or {"error"}}."""
+    import torch
+
+    from mnist_zoo import data
+    from mnist_zoo.models import list_models
+
+    torch.set_num_threads(threads)
+    images = _images(1000).images
+    x1, x1000 = data.normalize(images[:1]), data.normalize(images)
+    built = json.loads((artifacts / "build.json").read_text())
+    wanted = [(f"latency/{m}/{rt}/b1", m, rt, x1) for m in list_models() for rt in RUNTIMES]
+    wanted.append(("latency/lenet/ort-fp32/b1000", "lenet", "ort-fp32", x1000))
+    figures: dict[str, dict] = {}
+    runs = {}
+    for name, model, runtime, x in wanted:
+        if only and name not in only:
+            continue
+        if f"{model}/{runtime}" in built["failed"]:
+            figures[name] = {"error": f"not built: {built['failed'][f'{model}/{runtime}']}"}
+            continue
+        try:
+            runs[name] = _predictor(runtime, model, artifacts, threads, x)
+            _calls(runs[name], WARMUP_S, 0.0, [])
+        except Exception as e:
+            figures[name] = {"error": _why(e)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(PASSES):
+        for name, fn in runs.items():
+            _calls(fn, SLICE_S, inject, times[name])
+    for name, t in times.items():
+        t.sort()
+        figures[name] = {"value": t[len(t) // 2], "unit": "s", "calls": len(t)}
+    name = f"training/{TRAIN_MODEL}"
+    if not only or name in only:
+        try:
+            figures[name] = {"value": _training_rate(threads, inject), "unit": "images/s"}
+        except Exception as e:
+            figures[name] = {"error": _why(e)}
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/probe.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("build", "measure"))
+    parser.add_argument("dir", type=Path, help="the folder of this tree's artifacts")
+    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default: 1)")
+    parser.add_argument("--inject", type=float, default=0.0, help="calibration only: slow each timed call")
+    parser.add_argument("--only", nargs="*", help="measure these figures only")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.action == "build":
+        found = build(args.dir)
+        (args.dir / "build.json").write_text(json.dumps(found))
+    else:
+        found = {"figures": measure(args.dir, args.threads, args.inject, args.only), "threads": args.threads}
+        import torch
+
+        found["versions"] = {"torch": torch.__version__, "python": sys.version.split()[0]}
+    print(json.dumps(found), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
