@@ -38,7 +38,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8")
 FILES = {"torchscript": "{}.ts.pt", "ort-fp32": "{}.onnx", "ort-int8": "{}.int8.onnx"}
 SEED = 0
-PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 2, 0.04, 0.03, 3
+PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 2, 0.04, 0.03, 5
 TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 20, 4
 
 

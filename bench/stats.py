@@ -24,6 +24,7 @@ synthetic series and the decision rule's false alarms on simulated A/A runs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +40,7 @@ def _covers(n: int) -> np.ndarray:
     return 1 - 2 * binom.cdf(np.arange(n // 2 + 1), n, 0.5)
 
 
+@functools.lru_cache(maxsize=1024)
 def order_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
     """0-based ranks (lo, hi) of the order statistics that hold the median of n independent values with at
     least `confidence`, as close together as that allows; None when n is too small."""
