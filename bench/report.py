@@ -192,7 +192,7 @@ def training_table(rows: list[dict]) -> Table | None:
             f"[dim]tutorial ({r['model']})[/]",
             r["device"],
             fmt_time(60_000 / ips),
-            fmt_num(ips),
+            fmt_num(ips) + fmt_pm(r.get("images_per_second_ci"), ips),
             "1.00x",
             marks(r),
         )

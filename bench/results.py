@@ -157,7 +157,10 @@ def derive(rows: list[dict]) -> list[dict]:
             eager = eager_reference(rows, r)
             r["speedup_vs_eager"] = ratio(eager.get("p50_s"), r["p50_s"])
             r["eager_threads"] = eager.get("threads")
-            if eager is r:
+            if not eager and r.get("speedup_paired"):  # no eager row in this run: the interleaved one
+                r.update(speedup_vs_eager=r["speedup_paired"], eager_threads=r["threads"])
+                r["speedup_vs_eager_ci"] = r.get("speedup_paired_ci")
+            elif eager is r:
                 r["speedup_vs_eager_ci"] = None  # 1 by definition
             elif eager.get("threads") == r.get("threads") and r.get("speedup_paired_ci"):
                 # the same pair of rows, measured interleaved inside this row: the tighter, paired interval

@@ -18,8 +18,10 @@ taken over the medians of its blocks (segments of consecutive calls, an odd numb
 apart: with i.i.d. calls the median of an odd block lies below the true median with probability exactly 1/2,
 and the interval is exact; with drift it widens as it should. A ratio's interval is taken over its pairs
 (each the ratio of two adjacent segments, or of two adjacent processes in `python -m bench check --against`),
-so that whatever moves both sides of a pair cancels. tests/test_bench_stats.py checks the coverage on
-synthetic series and the decision rule's false alarms on simulated A/A runs.
+so that whatever moves both sides of a pair cancels. A training throughput (images over the total time of a run,
+a mean rather than a median) gets a percentile bootstrap interval over its segments instead (`sum_ci`).
+tests/test_bench_stats.py checks the coverage on synthetic series and the decision rule's false alarms on
+simulated A/A runs.
 """
 
 from __future__ import annotations
@@ -83,6 +85,21 @@ def blocked_median_ci(
 def ratio_ci(ratios: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
     """The interval of the median of paired ratios (each pair: two adjacent measurements, one per side)."""
     return median_ci(ratios, confidence)
+
+
+def sum_ci(
+    values: Sequence[float], confidence: float = CONFIDENCE, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """A percentile bootstrap interval of the total of `values` (the seconds of a run's segments: a rate is
+    images over their total), resampling the segments; seeded, so the same values give the same interval."""
+    a = np.asarray(values, dtype=np.float64)
+    if len(a) < MIN_VALUES:
+        return None
+    rng = np.random.default_rng(seed)
+    totals = a[rng.integers(0, len(a), size=(resamples, len(a)))].sum(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(totals, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def half_width(ci: Sequence[float] | None, center: float | None) -> float | None:
