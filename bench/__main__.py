@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--width", type=int, help="table width in characters (default: the terminal's)")
 
-    what = "quick benchmark run compared with the baseline; exit 1 on regression"
+    what = "this tree against a git ref (--against) or the committed baseline; exit 1 on regression"
     p = sub.add_parser(
         "check", help=what, description=check.__doc__, epilog=CHECK_EXAMPLES, formatter_class=fmt
     )
@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, help="allowed fall of a ratio below the baseline (default: the baseline's)"
     )
     default = "(default: the baseline's; with --update-baseline: all cores)"
-    p.add_argument("--threads", type=int, help=f"threads per runtime in the quick run {default}")
+    p.add_argument(
+        "--threads", type=int, help=f"threads per runtime in the quick run {default}; --against: 1"
+    )
     p.add_argument("--train-threads", type=int, help=f"threads for the training rows {default}")
     pause = f"seconds a contended run waits for the machine to quieten (default: {check.PAUSE_S})"
     p.add_argument("--pause", type=float, default=check.PAUSE_S, help=pause)

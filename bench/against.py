@@ -310,7 +310,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threshold",
         type=float,
         default=CHECK_THRESHOLD,
-        help=f"with --against: the slowdown that fails (default: {CHECK_THRESHOLD:.0%})",
+        help=f"with --against: the slowdown that fails (default: {CHECK_THRESHOLD:.0%}%)",
     )
     p.add_argument(
         "--markdown", type=Path, metavar="FILE", help="also write the verdict as Markdown (CI summary)"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -31,6 +30,7 @@ import torch
 
 from bench import coldstart, machine, report, results
 from bench.plugin import DEPLOY_RUNS
+from bench.progress import Progress
 from bench.runtimes import Exports, artifact
 from mnist_zoo import cpu, data
 from mnist_zoo.models import get_model
@@ -48,7 +48,6 @@ QUICK_UNTRAINED = ("cnn",)
 # and fills the list in later (so a comparison with the list alone keeps all ten on 5.x).
 DEFAULT_COLUMNS = ["min", "max", "mean", "stddev", "median", "iqr", "outliers", "ops", "rounds", "iterations"]
 OUR_COLUMNS = ["median", "iqr", "ops", "rounds"]
-PROGRESS = pytest.StashKey[dict]()  # benchmark groups still running, for the progress lines off a terminal
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,8 @@ def pytest_configure(config: pytest.Config) -> None:
     busy = cpu.sample()
     idle = cpu.default_threads(busy, quiet=True)
     most = max(1, min(cpu.TORCH_DEFAULT_THREADS, int(cpu.available())))
-    _CONFIG["config"] = config
+    if config.getoption("benchmark_only") and not sys.stdout.isatty():  # a CI log: say how far it got
+        config.pluginmanager.register(Progress(), "mnist-zoo-progress")
     config.stash[OPTIONS] = Options(
         threads=_threads(config.getoption("--bench-threads"), idle),
         train_threads=train_threads or idle,
@@ -156,62 +156,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         rest = [i for i in items if i.path.parent.name != "bench" or i.path.name not in order]
         bench_items.sort(key=lambda i: order[i.path.name])
         items[:] = rest[:first] + bench_items + rest[first:]
-
-
-def _group(item: pytest.Item) -> str:
-    """The benchmark group an item belongs to, for the progress lines: its file and model."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    name = item.path.stem.removeprefix("test_")
-    return f"{name} {params['model_name']}" if "model_name" in params else name
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    benchmarks = [i for i in session.items if "benchmark" in getattr(i, "fixturenames", ())]
-    if session.config.getoption("benchmark_only") and benchmarks and not sys.stdout.isatty():
-        left: dict[str, set[str]] = {}
-        for item in benchmarks:
-            left.setdefault(_group(item), set()).add(item.nodeid)
-        files = {i.nodeid: i.path.name for i in benchmarks}
-        session.config.stash[PROGRESS] = dict(left=left, files=files, spent={}, start=time.monotonic())
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Off a terminal (a CI log), a line when a benchmark group finishes: elapsed, and an estimate of what is
-    left from the mean time of the finished benchmarks of each file (setup, call and teardown)."""
-    config = _CONFIG.get("config")
-    progress = config.stash.get(PROGRESS, None) if config else None
-    if progress is None or report.nodeid not in progress["files"]:
-        return
-    files, spent = progress["files"], progress["spent"]
-    spent[report.nodeid] = spent.get(report.nodeid, 0.0) + report.duration
-    group = next((g for g, ids in progress["left"].items() if report.nodeid in ids), None)
-    if report.when != "teardown" or group is None:
-        return
-    progress["left"][group].discard(report.nodeid)
-    if progress["left"][group]:
-        return
-    del progress["left"][group]
-    elapsed = time.monotonic() - progress["start"]
-    waiting = [n for ids in progress["left"].values() for n in ids]
-    overall = sum(spent.values()) / len(spent)
-
-    def mean(file: str) -> float:
-        done = [t for n, t in spent.items() if files[n] == file]
-        return sum(done) / len(done) if done else overall
-
-    line = f"[bench] {group} done; {len(spent)} of {len(files)} benchmarks in {_minutes(elapsed)}"
-    line += f", about {_minutes(sum(mean(files[n]) for n in waiting))} left" if waiting else ""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-
-
-_CONFIG: dict = {}
 
 
 @pytest.fixture(scope="session")

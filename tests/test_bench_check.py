@@ -116,6 +116,14 @@ def test_an_unknown_ref_is_one_line(capsys):
     assert "--threshold" in capsys.readouterr().err
 
 
+def test_check_help_shows_against(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench_main(["check", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "python -m bench check --against main" in text and "--markdown FILE" in text
+
+
 def test_changes_name_missing_and_new_figures():
     base = against.Tree("base", ROOT, "base", values={"a": [1.0] * 6, "b": [1.0] * 6}, errors={})
     head = against.Tree("head", ROOT, "head", values={"a": [1.0] * 6, "c": [1.0] * 6}, errors={"b": "boom"})
@@ -167,5 +175,5 @@ def test_inference_rows_at_100_columns_piped(tmp_path):
     low, high = row["p50_ci_s"]
     assert low <= row["p50_s"] <= high and row["stopped"] in ("precise", "time cap")
     assert row["speedup_paired_ci"][0] <= row["speedup_paired"] <= row["speedup_paired_ci"][1]
-    ort = next(line for line in summary.splitlines() if "ORT fp32" in line)
+    ort = next(line for line in summary.split("Inference: lenet")[1].splitlines() if "ORT fp32" in line)
     assert re.search(r"\d+ µs ±\d+(\.\d)?%", ort) and re.search(r"\d\.\d\dx ±\d+(\.\d)?%", ort), ort
