@@ -138,6 +138,7 @@ def calibrate(args: argparse.Namespace) -> int:
                         "slowdown": slowdown,
                         "verdicts": {c.name: c.verdict for c in result},
                         "changes": {c.name: [c.change, c.ci] for c in result},
+                        "pairs": {n: [base.values.get(n), head.values.get(n)] for n in head.values},
                         "rounds": how["rounds"],
                         "seconds": time.monotonic() - t0,
                         "contention": how["contention"],

@@ -40,8 +40,8 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8")
 FILES = {"torchscript": "{}.ts.pt", "ort-fp32": "{}.onnx", "ort-int8": "{}.int8.onnx"}
 SEED = 0
-PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 2, 0.04, 0.03, 5
-TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 20, 4
+PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 2, 0.04, 0.03, 8
+TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 36, 4
 # The quantile of a process's calls (training: steps) that is its figure. Not the median: another process that
 # takes the CPU for a while lengthens the calls it interrupts, and how many it interrupts changes from one
 # process to the next; the fastest tenth of the calls are those it left alone, and move with the code.
