@@ -163,11 +163,11 @@ def changes(base: Tree, head: Tree, threshold: float) -> list[Change]:
     for name in sorted(set(base.values) | set(head.values) | set(base.errors) | set(head.errors)):
         unit = "images/s" if name.startswith("training/") else "s"
         b, h = base.values.get(name, []), head.values.get(name, [])
-        if name in head.errors or (b and not h):
+        if name in head.errors or (any(b) and not any(h)):
             why = head.errors.get(name, "not measured")
             found.append(Change(name, unit, _median(b), None, None, None, "missing", 0, f"head: {why}"))
             continue
-        if not b:
+        if not any(b):
             why = base.errors.get(name, "not measured")
             found.append(Change(name, unit, None, _median(h), None, None, "new", 0, f"base: {why}"))
             continue
@@ -211,8 +211,8 @@ def rounds(
             for name, figure in found["figures"].items():
                 if "error" in figure:
                     tree.errors[name] = figure["error"]
-                else:
-                    tree.values.setdefault(name, []).append(figure["value"])
+                # one entry per round (None for a failed one), so that base's and head's rounds pair up
+                tree.values.setdefault(name, [None] * i).append(figure.get("value"))
         done = i + 1
         result = changes(base, head, threshold)
         out.print(f"round {done}: {_summary(result)}", highlight=False)
