@@ -18,10 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bench import (  # the rows of tests/test_bench.py (tests/ is on sys.path)
+    doc_of,
+    inference,
+    row,
+    run_rows,
+)
 
 from bench import against, probe, stats
 from bench.__main__ import main as bench_main
 from bench.conftest import DEFAULT_COLUMNS, OUR_COLUMNS, narrow_columns
+from bench.results import derive
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"latency/lenet/ort-fp32/b1": ("s", 25e-6), "training/lenet": ("images/s", 6000.0)}
@@ -177,3 +184,34 @@ def test_inference_rows_at_100_columns_piped(tmp_path):
     assert row["speedup_paired_ci"][0] <= row["speedup_paired"] <= row["speedup_paired_ci"][1]
     ort = next(line for line in summary.split("Inference: lenet")[1].splitlines() if "ORT fp32" in line)
     assert re.search(r"\d+ µs ±\d+(\.\d)?%", ort) and re.search(r"\d\.\d\dx ±\d+(\.\d)?%", ort), ort
+
+
+def test_threads_png_only_from_a_sweep(tmp_path):
+    pytest.importorskip("matplotlib")
+    from test_bench import (
+        run_rows,
+    )  # tests/ is on sys.path: pytest's rootdir-relative imports
+
+    from bench import plot
+
+    results = tmp_path / "run.json"
+    results.write_text(json.dumps(doc_of(run_rows())))  # every row at 2 threads
+    notes: list[str] = []
+    written = plot.plot_run(results, tmp_path / "out", notes)
+    assert [p.name for p in written] == ["latency.png"]
+    assert notes[0].startswith("threads.png not drawn: every row ran at 2 thread(s); a sweep draws it")
+    results.write_text(json.dumps(doc_of([*run_rows(), inference("lenet", "eager", 1, 3e-4, threads=1)])))
+    assert "threads.png" in [p.name for p in plot.plot_run(results, tmp_path / "out", [])]
+
+
+def test_peer_ratio_only_for_lenet():
+
+    peer = row("peer", "bench/test_training.py::test_peer_recipe", model="peer", threads=2, contention=0.01)
+    peer.update(train_seconds=20.0, images_per_second=3000.0, accuracy=0.99)
+    mlp = row("time-to-accuracy", "bench/test_training.py::test_time_to_accuracy[mlp-cpu]", model="mlp")
+    mlp.update(target=0.92, reached=True, seconds_to_target=2.0, contention=0.01)
+    rows = derive([*run_rows(), peer, mlp])
+    assert mlp.get("vs_peer") is None
+    assert (
+        next(r for r in rows if r["kind"] == "time-to-accuracy" and r["model"] == "lenet")["vs_peer"] == 1.25
+    )
