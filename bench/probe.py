@@ -16,10 +16,11 @@ on their values, and reading MNIST in every process would cost more than a round
   latency/MODEL/RUNTIME/b1      the QUANTILE (10%) of single calls at batch 1: eager, TorchScript, ORT fp32
                                 and ORT int8 (the p50 is recorded beside it)
   latency/lenet/ort-fp32/b1000  the same at batch 1000
-  training/lenet                images/s of the default recipe at the QUANTILE of its step times, over
-                                TRAIN_STEPS steps (after WARM_STEPS)
-Each latency figure is measured in PASSES passes over all of them, SLICE_S of calls each (at least MIN_CALLS)
-after a warm-up: a burst of load during one pass moves it little.
+  training/lenet                images/s of the default recipe at the QUANTILE of its step times: a short
+                                training run in each pass, TRAIN_STEPS steps timed after WARM_STEPS
+Each figure is measured in PASSES passes over all of them, SLICE_S of calls each (at least MIN_CALLS) after a
+warm-up: its calls are spread over the process's life, so that a quiet moment of the machine reaches each
+figure (the long ones, batch 1000 and training, are the most sensitive to what the other cores do).
 
 --inject F lengthens each timed call (a training step) by F of its own time, busy-waiting: a known slowdown
 of one side, to measure the check's power (bench/calibrate.py). Never used otherwise.
@@ -40,8 +41,8 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8")
 FILES = {"torchscript": "{}.ts.pt", "ort-fp32": "{}.onnx", "ort-int8": "{}.int8.onnx"}
 SEED = 0
-PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 2, 0.04, 0.03, 8
-TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 36, 4
+PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 3, 0.03, 0.03, 5
+TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 10, 3  # timed steps per pass, after its warm-up steps
 # The quantile of a process's calls (training: steps) that is its figure. Not the median: another process that
 # takes the CPU for a while lengthens the calls it interrupts, and how many it interrupts changes from one
 # process to the next; the fastest tenth of the calls are those it left alone, and move with the code.
@@ -147,14 +148,21 @@ def _images(n: int):
     return data.Split(images, torch.randint(0, 10, (n,), generator=g))
 
 
-def _training_rate(threads: int, inject: float) -> float:
-    """lenet's default recipe: images/s over steps WARM_STEPS..TRAIN_STEPS of one training run."""
+def _training_batch() -> int:
+    from mnist_zoo.train import recipe_for
+
+    return recipe_for(TRAIN_MODEL).batch_size
+
+
+def _training_steps(threads: int, inject: float) -> list[float]:
+    """Seconds of each of TRAIN_STEPS steps of lenet's default recipe after its first WARM_STEPS (a new
+    training run: its model, optimizer and first steps' allocations), each step lengthened by `inject`."""
     import torch
 
     from mnist_zoo.train import recipe_for, train
 
     recipe = recipe_for(TRAIN_MODEL, epochs=1)
-    split = _images(TRAIN_STEPS * recipe.batch_size)
+    split = _images((WARM_STEPS + TRAIN_STEPS) * recipe.batch_size)
     stamps: list[float] = []
     waited = [0.0]
 
@@ -167,8 +175,7 @@ def _training_rate(threads: int, inject: float) -> float:
 
     torch.set_num_threads(threads)
     train(TRAIN_MODEL, recipe, split, seed=SEED, on_step=on_step)
-    steps = sorted(b - a for a, b in zip(stamps[WARM_STEPS - 1 :], stamps[WARM_STEPS:], strict=False))
-    return recipe.batch_size / steps[int(len(steps) * QUANTILE)]
+    return [b - a for a, b in zip(stamps[WARM_STEPS - 1 :], stamps[WARM_STEPS:], strict=False)]
 
 
 def measure(artifacts: Path, threads: int, inject: float, only: list[str] | None = None) -> dict:
@@ -198,19 +205,25 @@ def measure(artifacts: Path, threads: int, inject: float, only: list[str] | None
         except Exception as e:
             figures[name] = {"error": _why(e)}
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(PASSES):
+    training, steps, failed = f"training/{TRAIN_MODEL}", [], None
+    for _ in range(PASSES):  # each figure's calls spread over the process's life, between the others'
         for name, fn in runs.items():
             _calls(fn, SLICE_S, inject, times[name])
+        if (not only or training in only) and failed is None:
+            try:
+                steps += _training_steps(threads, inject)
+            except Exception as e:
+                failed = _why(e)
     for name, t in times.items():
         t.sort()
         value = t[int(len(t) * QUANTILE)]
         figures[name] = {"value": value, "p50": t[len(t) // 2], "unit": "s", "calls": len(t)}
-    name = f"training/{TRAIN_MODEL}"
-    if not only or name in only:
-        try:
-            figures[name] = {"value": _training_rate(threads, inject), "unit": "images/s"}
-        except Exception as e:
-            figures[name] = {"error": _why(e)}
+    if failed:
+        figures[training] = {"error": failed}
+    elif steps:
+        steps.sort()
+        batch = _training_batch()
+        figures[training] = {"value": batch / steps[int(len(steps) * QUANTILE)], "unit": "images/s"}
     return figures
 
 
