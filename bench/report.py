@@ -47,6 +47,8 @@ from mnist_zoo.targets import (
 )
 
 VERSIONS_SHOWN = ("torch", "onnxruntime", "openvino", "onnx", "python")  # in the header; all are in the JSON
+# Runtimes as column headers, where a table has one column per runtime (LABELS name them in cells)
+SHORT = {"eager": "eager", "torchscript": "TS", "compile": "compile", "ort-web": "ORT web"}
 LEGEND = (
     f"±: half the 95% interval; ? uncertain (interval over ±{UNCERTAIN:.0%}); !N%: contended, other processes "
     f"used N% of the CPUs (over {CONTENDED:.0%}: the load's figure, no target judged from it)"
@@ -99,8 +101,11 @@ def marks(*rows: dict) -> str:
 def table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
     """A table of our look: light lines, one space either side of a cell, numbers right-aligned."""
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), caption_justify="left")
-    for col in columns:
-        t.add_column(col, justify="right" if col in right else "left")
+    for (
+        col
+    ) in columns:  # never cut with an ellipsis: a long cell folds; a header keeps its longest word whole
+        words = max(len(w) for w in col.split()) if col.strip() else 1
+        t.add_column(col, justify="right" if col in right else "left", overflow="fold", min_width=words)
     return t
 
 
@@ -140,7 +145,7 @@ def accuracy_table(rows: list[dict]) -> Table | None:
     if not acc:
         return None
     runtimes = [rt for rt in RUNTIMES if matching(acc, runtime=rt)]
-    cols = ("model", "floor", *(LABELS[rt] for rt in runtimes), "agree min", "Δ logits")
+    cols = ("model", "floor", *(SHORT.get(rt, LABELS[rt]) for rt in runtimes), "agree min", "Δ logits")
     t = table("Test accuracy (10,000 real test images) in each runtime", *cols, right=cols[1:])
     for model, device in dict.fromkeys((r["model"], r["device"]) for r in acc):
         mine = {r["runtime"]: r for r in matching(acc, model=model, device=device)}
@@ -295,14 +300,14 @@ def inference_tables(rows: list[dict]) -> list[Table]:
     tables = []
     for model, device in dict.fromkeys((r["model"], r["device"]) for r in inference):
         mine = matching(inference, model=model, device=device)
-        cols = ("batch", "runtime", "threads", "p50", "p99", "images/s", "vs eager", "marks")
+        cols = ("batch", "runtime", "thr", "p50", "p99", "images/s", "vs eager", "marks")
         t = table(
             f"Inference: {model} on {device}",
             *cols,
-            right=("batch", "threads", "p50", "p99", "images/s", "vs eager"),
+            right=("batch", "thr", "p50", "p99", "images/s", "vs eager"),
         )
         t.caption = (
-            "★ fastest of its batch and threads. vs eager: against eager's p50 at its fastest thread count (@N when "
+            "★ fastest of its batch and threads (thr). vs eager: against eager's p50 at its fastest thread count (@N when "
             "that is not the row's; ! after it: eager's row was contended). " + LEGEND
         )
         for batch in sorted({r["batch"] for r in mine}):
@@ -384,10 +389,13 @@ def threads_table(rows: list[dict]) -> Table | None:
     t = table(
         "Threads: the fastest count per runtime",
         "model",
-        *(LABELS[rt] for rt in runtimes),
-        right=tuple(LABELS[rt] for rt in runtimes),
+        *(SHORT.get(rt, LABELS[rt]) for rt in runtimes),
+        right=tuple(SHORT.get(rt, LABELS[rt]) for rt in runtimes),
     )
-    t.caption = f"the thread count with the lowest p50, and its speed over {fewest} thread(s). " + LEGEND
+    t.caption = (
+        f"the thread count with the lowest p50, and its speed over {fewest} thread(s); ! either row contended, "
+        "? either uncertain"
+    )
     for model in dict.fromkeys(r["model"] for r in inference):
         for batch in batches:
             cells = []
@@ -396,10 +404,15 @@ def threads_table(rows: list[dict]) -> Table | None:
                 best = min(mine, key=lambda r: r["p50_s"], default=None)
                 base = first(mine, threads=fewest)
                 speed = ratio(base.get("p50_s"), best["p50_s"]) if best else None
+                if best is None:
+                    cells.append("-")
+                    continue
+                rows_ = (best, *([base] if base else []))
+                symbols = ("!" if any(contended(r) for r in rows_) else "") + (
+                    "?" if any(map(uncertain, rows_)) else ""
+                )
                 cells.append(
-                    f"{best['threads']} {fmt_x(speed)}{marks(best, base) and ' ' + marks(best, base)}"
-                    if best
-                    else "-"
+                    f"{best['threads']} {fmt_x(speed)}" + (f" [yellow]{symbols}[/]" if symbols else "")
                 )
             t.add_row(f"{model} b{batch}", *cells)
     return t

@@ -38,7 +38,7 @@ from mnist_zoo.cpu import Contention
 WARMUP_S = 0.2
 MIN_WARMUP_CALLS = 5
 MIN_ROUNDS, MAX_ROUNDS = 10, 20_000
-MIN_SEGMENTS = 9  # the first interval worth stopping on: the 2nd and 8th of 9 segment medians (96%)
+MIN_SEGMENTS = 6  # the fewest segments whose medians give a 95% interval (the extremes of 6: 96.9%)
 CI_TARGET = 0.01  # stop once the p50's 95% interval is within +-1% (ratios too, with a reference)
 SEGMENT_S = 0.05  # seconds of calls per segment, each side
 SETTLE_S = 0.06  # pause for the other side's spinning threads to stop (ORT's spun for ~50 ms here)

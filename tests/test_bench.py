@@ -207,7 +207,7 @@ def test_a_ratio_against_a_contended_row_is_marked_even_on_a_quiet_row():
     assert quiet[6] == "8.89x ±2.0% @1!" and len(quiet) == 7  # its own row is quiet, its reference is not
     threads = text.split("Threads")[1].split("Inference")[0]
     header, lenet = (re.split(r"\s{2,}", line.strip()) for line in threads.splitlines()[2:5:2])
-    assert lenet[header.index("ORT fp32")] == "2 1.11x !70%"  # 2 threads quiet, over 1 thread contended
+    assert lenet[header.index("ORT fp32")] == "2 1.11x !"  # 2 threads quiet, over 1 thread contended
 
 
 def test_a_collapsed_eager_reference_is_said_in_words_not_a_win():
