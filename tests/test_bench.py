@@ -206,7 +206,8 @@ def test_a_ratio_against_a_contended_row_is_marked_even_on_a_quiet_row():
     quiet = next(c for c in cells if len(c) >= 7 and c[1].endswith("ORT fp32") and c[2] == "2")
     assert quiet[6] == "8.89x ±2.0% @1!" and len(quiet) == 7  # its own row is quiet, its reference is not
     threads = text.split("Threads")[1].split("Inference")[0]
-    header, lenet = (re.split(r"\s{2,}", line.strip()) for line in threads.splitlines()[2:5:2])
+    lines = [re.split(r"\s{2,}", line.strip()) for line in threads.splitlines()]
+    header, lenet = next(c for c in lines if c[0] == "model"), next(c for c in lines if c[0] == "lenet b1")
     assert lenet[header.index("ORT fp32")] == "2 1.11x !"  # 2 threads quiet, over 1 thread contended
 
 
