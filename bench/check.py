@@ -328,6 +328,7 @@ def main(args: argparse.Namespace) -> int:
         if base.get(key) and base.get(key) != machine.get(key):
             ours = f"the baseline's {key} were {base[key]}, this run's {machine.get(key)}"
             out.print(f"[yellow]note:[/] {ours}; ratios may differ for that reason alone")
+    out.print(COARSE, highlight=False, soft_wrap=True)
     failed, busy = [c for c in checks if not c.ok and not c.busy], [c for c in checks if c.busy]
     if failed or rc != 0:
         what = f"{len(failed)} of {len(checks)} checks failed" if failed else "no check failed"
@@ -341,7 +342,6 @@ def main(args: argparse.Namespace) -> int:
         )
     tolerance = baseline.get("tolerance", CHECK_TOLERANCE) if args.tolerance is None else args.tolerance
     out.print(f"[green]ok[/]: {len(checks)} checks passed (tolerance on ratios {tolerance:.0%})")
-    out.print(COARSE, highlight=False, soft_wrap=True)
     return 0
 
 
