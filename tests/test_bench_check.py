@@ -215,3 +215,14 @@ def test_peer_ratio_only_for_lenet():
     assert (
         next(r for r in rows if r["kind"] == "time-to-accuracy" and r["model"] == "lenet")["vs_peer"] == 1.25
     )
+
+
+def test_the_baseline_check_says_its_ratios_are_coarse(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(doc_of(run_rows())))
+    baseline = str(tmp_path / "baseline.json")
+    assert bench_main(["check", "--results", str(good), "--baseline", baseline, "--update-baseline"]) == 0
+    capsys.readouterr()
+    assert bench_main(["check", "--results", str(good), "--baseline", baseline]) == 0
+    out = capsys.readouterr().out
+    assert "measured on another machine" in out and "--against main" in out
