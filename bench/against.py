@@ -42,7 +42,7 @@ from mnist_zoo.util import UserError, out
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("probe.py")
 MIN_ROUNDS, MAX_ROUNDS = 6, 16  # pairs: 6 give a 97% interval (the extremes), 9 the 2nd and 8th of 9
-ROUNDS_CAP_S = 200  # no new round starts after this many seconds of rounds
+ROUNDS_CAP_S = 200  # no new round starts after this many seconds of rounds, once MIN_ROUNDS are done
 PROBE_TIMEOUT_S = 300
 
 
@@ -218,7 +218,7 @@ def rounds(
         out.print(f"round {done}: {_summary(result)}", highlight=False)
         if done >= least and not any(c.verdict == stats.UNDECIDED for c in result):
             break
-        if time.monotonic() - start > cap:
+        if time.monotonic() - start > cap and done >= least:  # never without an interval
             break
     how = {"rounds": done, "seconds": time.monotonic() - start, "threads": threads}
     how["contention"] = [min(shares), max(shares)] if shares else None
