@@ -26,10 +26,12 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,11 +185,8 @@ def changes(base: Tree, head: Tree, threshold: float) -> list[Change]:
 
 
 def _median(values: list) -> float | None:
-    values = sorted(v for v in values if v)
-    if not values:
-        return None
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    kept = [v for v in values if v]  # a round that failed left a None
+    return statistics.median(kept) if kept else None
 
 
 def rounds(
@@ -226,10 +225,7 @@ def rounds(
 
 
 def _summary(result: list[Change]) -> str:
-    counts: dict[str, int] = {}
-    for c in result:
-        counts[c.verdict] = counts.get(c.verdict, 0) + 1
-    return ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    return ", ".join(f"{n} {v}" for v, n in sorted(Counter(c.verdict for c in result).items()))
 
 
 def fmt_value(value: float | None, unit: str) -> str:
