@@ -10,6 +10,7 @@ python -m bench check --against main                 # this tree vs main, both m
                                                      # exit 1 on regression, 75 when undecided
 python -m bench check                                # quick run vs bench/baseline.json (another machine's)
 python -m bench check --update-baseline              # after an intended change: rewrite the baseline
+python -m bench.calibrate --aa 20 --slowdowns 0.10:10  # the check's false alarms and power (docs/regression-check.md)
 """
 
 from __future__ import annotations
