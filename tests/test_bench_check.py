@@ -226,3 +226,24 @@ def test_the_baseline_check_says_its_ratios_are_coarse(tmp_path, capsys):
     assert bench_main(["check", "--results", str(good), "--baseline", baseline]) == 0
     out = capsys.readouterr().out
     assert "measured on another machine" in out and "--against main" in out
+
+
+def test_sigterm_ends_a_real_check_and_removes_its_worktree():
+    """A real `python -m bench check --against HEAD`, terminated while it builds the exports: exit 130, one
+    line, no worktree or temporary folder left behind, no probe process left running."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "bench", "check", "--against", "HEAD", "--speed-only"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("building the exports of base"), first
+        time.sleep(1.0)
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip() == "error: interrupted"
+    assert "mnist-zoo-against-" not in worktrees()
+    left = subprocess.run(["pgrep", "-f", f"{ROOT}/bench/probe.py build"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
