@@ -119,21 +119,30 @@ def _predictor(runtime: str, name: str, artifacts: Path, threads: int, x):
     return run
 
 
+# The clock of the timed calls: with one thread, the CPU time of the calling thread, where every runtime runs
+# its whole call (ONNX Runtime and torch at 1 intra-op thread). Another process that takes the CPU mid-call
+# stops this clock, where it would add its time slice to a wall clock: a 15 ms training step on a machine with
+# two busy processes per core was interrupted nearly every time, and its wall time measured the load. With
+# more threads, the work is on pool threads this clock does not see: the wall clock (main() chooses).
+CLOCK = {"clock": time.thread_time}
+
+
 def _spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    clock = CLOCK["clock"]
+    end = clock() + seconds
+    while clock() < end:
         pass
 
 
 def _calls(fn, seconds: float, inject: float, times: list[float]) -> None:
     """Call fn for `seconds` (at least MIN_CALLS times), appending each call's time (lengthened by `inject`)."""
-    start, n = time.perf_counter(), 0
+    clock, start, n = CLOCK["clock"], time.perf_counter(), 0
     while n < MIN_CALLS or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        t1 = time.perf_counter()
+        t1 = clock()
         _spin((t1 - t0) * inject)  # a no-op at 0, on both sides alike
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
         n += 1
 
 
@@ -166,11 +175,13 @@ def _training_steps(threads: int, inject: float) -> list[float]:
     stamps: list[float] = []
     waited = [0.0]
 
-    def on_step(info: dict) -> None:
-        # info["elapsed"] is taken before this call: the wait after step k counts in step k + 1's time
-        step = info["elapsed"] - (stamps[-1] if stamps else 0.0) - waited[0]
-        stamps.append(info["elapsed"])
-        waited[0] = step * inject
+    clock = CLOCK["clock"]
+
+    def on_step(info: dict) -> None:  # called after every step: the clock between two calls is one step
+        now = clock()
+        if stamps:  # the wait after step k counts in step k + 1's time: take it out of the step it lengthens
+            waited[0] = (now - stamps[-1] - waited[0]) * inject
+        stamps.append(now)
         _spin(waited[0])
 
     torch.set_num_threads(threads)
@@ -236,11 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="measure these figures only")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    CLOCK["clock"] = time.thread_time if args.threads == 1 else time.perf_counter
     if args.action == "build":
         found = build(args.dir)
         (args.dir / "build.json").write_text(json.dumps(found))
     else:
         found = {"figures": measure(args.dir, args.threads, args.inject, args.only), "threads": args.threads}
+        found["clock"] = CLOCK["clock"].__name__
         import torch
 
         found["versions"] = {"torch": torch.__version__, "python": sys.version.split()[0]}
