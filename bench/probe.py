@@ -20,7 +20,8 @@ on their values, and reading MNIST in every process would cost more than a round
                                 training run in each pass, TRAIN_STEPS steps timed after WARM_STEPS
 Each figure is measured in PASSES passes over all of them, SLICE_S of calls each (at least MIN_CALLS) after a
 warm-up: its calls are spread over the process's life, so that a quiet moment of the machine reaches each
-figure (the long ones, batch 1000 and training, are the most sensitive to what the other cores do).
+figure (the long ones, batch 1000 and training, are the most sensitive to what the other cores do). At 1
+thread the calls are timed on the thread's CPU clock (CLOCK says why), at more on the wall clock.
 
 --inject F lengthens each timed call (a training step) by F of its own time, busy-waiting: a known slowdown
 of one side, to measure the check's power (bench/calibrate.py). Never used otherwise.
