@@ -3,6 +3,7 @@ against itself), and how often it flags one that is (a known slowdown injected i
 
     python -m bench.calibrate --aa 20 --slowdowns 0.05:5 0.10:10 0.20:5 --json calibration.json
     python -m bench.calibrate --aa 2 --slowdowns 0.10:2          # a quick look (minutes)
+    python -m bench.calibrate --replay calibration.json --slowdowns 0.05:1000 0.20:1000 --aa 1000
 
 REF (--against, default HEAD) is checked out and both trees' exports are built once, as the check does; then
 each repetition is one check's interleaved rounds (bench/against.py rounds(), the same stopping rule), fresh
@@ -10,6 +11,12 @@ for every repetition. Run it from a clean tree for A/A: head is the working tree
 slowdown, the checks that flagged at least one figure (A/A: false alarms), the figures flagged over all
 figure-checks, the fewest checks that flagged any one figure (its power, the weakest figure's), the checks left
 undecided (exit 75), and the rounds and minutes they took, with the contention the machine had meanwhile.
+
+--replay FILE runs no process: it replays checks from the rounds a calibration measured (its A/A checks' base
+and head figures, round by round), drawing rounds at random (with replacement, all figures of a round together,
+so that what a round's load did to all of them stays together), a slowdown applied to head's figures as
+--inject-slowdown would, and the check's rule (MIN_ROUNDS to MAX_ROUNDS, stop when every figure is decided; no
+time cap). More checks than a machine can run in hours, at the price of reusing the same rounds.
 """
 
 from __future__ import annotations
@@ -88,8 +95,8 @@ def print_table(rows: list[dict]) -> None:
             weakest,
             str(r["undecided"]),
             f"{r['rounds'][0]}-{r['rounds'][1]}",
-            f"{r['minutes']:.1f}",
-            f"{r['contention'][0]:.0%}-{r['contention'][1]:.0%}",
+            f"{r['minutes']:.1f}" if r["minutes"] else "replayed",
+            f"{r['contention'][0]:.0%}-{r['contention'][1]:.0%}" if r["minutes"] else "-",
         ]
         out.print("| " + " | ".join(cells) + " |", highlight=False, soft_wrap=True)
 
@@ -111,8 +118,59 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threshold", type=float, default=CHECK_THRESHOLD, help="the check's threshold")
     parser.add_argument("--json", type=Path, help="write every check's verdicts and the table here")
+    parser.add_argument(
+        "--replay", type=Path, metavar="FILE", help="replay checks from a calibration's rounds"
+    )
     args = parser.parse_args(argv)
-    return guarded(lambda: calibrate(args))
+    return guarded(lambda: replay(args) if args.replay else calibrate(args))
+
+
+def replay(args: argparse.Namespace, seed: int = 0) -> int:
+    """Checks replayed from the A/A rounds of a calibration file (see the module's docstring)."""
+    import numpy as np
+
+    try:
+        runs = json.loads(args.replay.read_text())["runs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(
+            f"{args.replay} is not a calibration file of python -m bench.calibrate ({e})"
+        ) from None
+    rounds = []  # one dict per measured A/A round: figure -> (base, head)
+    for run in (r for r in runs if r["slowdown"] == 0 and r.get("pairs")):
+        for i in range(run["rounds"]):
+            pairs = {n: (b[i], h[i]) for n, (b, h) in run["pairs"].items() if i < len(b) and i < len(h)}
+            rounds.append({n: p for n, p in pairs.items() if p[0] and p[1]})
+    if len(rounds) < against.MIN_ROUNDS:
+        raise UserError(
+            f"{args.replay} holds {len(rounds)} A/A rounds; at least {against.MIN_ROUNDS} are needed"
+        )
+    rng = np.random.default_rng(seed)
+    replayed = []
+    for slowdown in plan(args.aa, args.slowdowns):
+        drawn = [rounds[i] for i in rng.integers(0, len(rounds), against.MAX_ROUNDS)]
+        for n in range(against.MIN_ROUNDS, against.MAX_ROUNDS + 1):
+            verdicts = {}
+            for name in drawn[0]:
+                # a slower head: its times longer, its rates lower, by the slowdown
+                ratios = [
+                    b / (h * (1 + slowdown)) if name.startswith("latency/") else h / (1 + slowdown) / b
+                    for b, h in (r[name] for r in drawn[:n])
+                ]
+                verdicts[name] = stats.decide(stats.ratio_ci(ratios), args.threshold)
+            if stats.UNDECIDED not in verdicts.values():
+                break
+        replayed.append(
+            {
+                "slowdown": slowdown,
+                "verdicts": verdicts,
+                "rounds": n,
+                "seconds": 0.0,
+                "contention": [0.0, 0.0],
+            }
+        )
+    out.print(f"replayed from {len(rounds)} measured A/A rounds of {args.replay}", highlight=False)
+    print_table(summarize(replayed))
+    return 0
 
 
 def calibrate(args: argparse.Namespace) -> int:

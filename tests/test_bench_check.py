@@ -247,3 +247,29 @@ def test_sigterm_ends_a_real_check_and_removes_its_worktree():
     assert "mnist-zoo-against-" not in worktrees()
     left = subprocess.run(["pgrep", "-f", f"{ROOT}/bench/probe.py build"], capture_output=True, text=True)
     assert left.stdout.strip() == ""
+
+
+def test_calibration_replays_checks_from_measured_rounds(tmp_path, capsys):
+    from bench import calibrate
+
+    rng = np.random.default_rng(0)
+    rounds = 12
+    pairs = {
+        "latency/lenet/ort-fp32/b1": [list(25e-6 * rng.lognormal(0, 0.01, rounds)) for _ in "bh"],
+        "training/lenet": [list(6000 * rng.lognormal(0, 0.01, rounds)) for _ in "bh"],
+    }
+    run = {
+        "slowdown": 0.0,
+        "verdicts": {},
+        "rounds": rounds,
+        "seconds": 1.0,
+        "contention": [0, 0],
+        "pairs": pairs,
+    }
+    saved = tmp_path / "calibration.json"
+    saved.write_text(json.dumps({"runs": [run]}))
+    assert calibrate.main(["--replay", str(saved), "--aa", "50", "--slowdowns", "0.2:50"]) == 0
+    table = capsys.readouterr().out
+    assert "| none (A/A) | 50 | 0 | 0/100 |" in table  # 1% noise: no false alarm
+    assert "| 20% | 50 | 50 | 100/100 |" in table  # and every 20% slowdown found
+    assert calibrate.main(["--replay", str(tmp_path / "nope.json")]) == 1
