@@ -12,9 +12,10 @@ each round gives one pair and the change head/base of its speed (above 1: head i
 median over the pairs and its 95% interval is taken over them (order statistics, bench/stats.py).
 
 A figure regressed when its whole interval lies below 1 - threshold (CHECK_THRESHOLD, 5%). Rounds go on,
-from MIN_ROUNDS to MAX_ROUNDS or ROUNDS_CAP_S, until every figure is decided; an interval that still holds
-both 1 and 1 - threshold is undecided, and only that gives exit 75 ("machine busy"): load alone does not,
-since both sides of every pair saw it. Accuracy and agreement floors are judged as without --against, from a
+from MIN_ROUNDS to MAX_ROUNDS or ROUNDS_CAP_S, while any figure's interval holds 1 - threshold (stats.OPEN:
+undecided, or slower without being surely beyond the threshold); at the end, an interval that still holds both
+1 and 1 - threshold is undecided, and only that gives exit 75 ("machine busy"): load alone does not, since
+both sides of every pair saw it. Accuracy and agreement floors are judged as without --against, from a
 quick run of head's benchmarks (bench/check.py). Threads are pinned (--threads, default 1) and recorded.
 """
 
@@ -215,7 +216,7 @@ def rounds(
         done = i + 1
         result = changes(base, head, threshold)
         out.print(f"round {done}: {_summary(result)}", highlight=False)
-        if done >= least and not any(c.verdict == stats.UNDECIDED for c in result):
+        if done >= least and not any(c.verdict in stats.OPEN for c in result):
             break
         if time.monotonic() - start > cap and done >= least:  # never without an interval
             break

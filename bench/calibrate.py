@@ -15,8 +15,8 @@ undecided (exit 75), and the rounds and minutes they took, with the contention t
 --replay FILE runs no process: it replays checks from the rounds a calibration measured (its A/A checks' base
 and head figures, round by round), drawing rounds at random (with replacement, all figures of a round together,
 so that what a round's load did to all of them stays together), a slowdown applied to head's figures as
---inject-slowdown would, and the check's rule (MIN_ROUNDS to MAX_ROUNDS, stop when every figure is decided; no
-time cap). More checks than a machine can run in hours, at the price of reusing the same rounds.
+--inject-slowdown would, and the check's rule (MIN_ROUNDS to MAX_ROUNDS, stop when no interval holds
+1 - threshold; no time cap). More checks than a machine can run in hours, at the price of reusing the same rounds.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def replay(args: argparse.Namespace, seed: int = 0) -> int:
                     for b, h in (r[name] for r in drawn[:n])
                 ]
                 verdicts[name] = stats.decide(stats.ratio_ci(ratios), args.threshold)
-            if stats.UNDECIDED not in verdicts.values():
+            if not set(verdicts.values()) & set(stats.OPEN):
                 break
         replayed.append(
             {

@@ -119,6 +119,7 @@ def rate_ci(ci: Sequence[float] | None, work: float) -> tuple[float, float] | No
 # The regression check (python -m bench check --against REF): `change` is head / base of a speed (above 1:
 # head is faster), with its interval over the rounds' pairs.
 REGRESSED, OK, SLOWER, UNDECIDED = "regressed", "ok", "slower", "undecided"
+OPEN = (UNDECIDED, SLOWER)  # verdicts whose interval holds 1 - threshold: more rounds could still tell
 
 
 def decide(ci: Sequence[float] | None, threshold: float) -> str:
