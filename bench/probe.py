@@ -158,10 +158,13 @@ def _images(n: int):
     return data.Split(images, torch.randint(0, 10, (n,), generator=g))
 
 
-def _training_batch() -> int:
-    from mnist_zoo.train import recipe_for
-
-    return recipe_for(TRAIN_MODEL).batch_size
+def _recipe():
+    """lenet's default recipe, one epoch, from wherever the tree keeps recipe_for."""
+    try:
+        from mnist_zoo.recipes import recipe_for
+    except ImportError:  # trees before mnist_zoo/recipes.py
+        from mnist_zoo.train import recipe_for
+    return recipe_for(TRAIN_MODEL, epochs=1)
 
 
 def _training_steps(threads: int, inject: float) -> list[float]:
@@ -169,9 +172,9 @@ def _training_steps(threads: int, inject: float) -> list[float]:
     training run: its model, optimizer and first steps' allocations), each step lengthened by `inject`."""
     import torch
 
-    from mnist_zoo.train import recipe_for, train
+    from mnist_zoo.train import train
 
-    recipe = recipe_for(TRAIN_MODEL, epochs=1)
+    recipe = _recipe()
     split = _images((WARM_STEPS + TRAIN_STEPS) * recipe.batch_size)
     stamps: list[float] = []
     waited = [0.0]
@@ -234,7 +237,7 @@ def measure(artifacts: Path, threads: int, inject: float, only: list[str] | None
         figures[training] = {"error": failed}
     elif steps:
         steps.sort()
-        batch = _training_batch()
+        batch = _recipe().batch_size
         figures[training] = {"value": batch / steps[int(len(steps) * QUANTILE)], "unit": "images/s"}
     return figures
 
