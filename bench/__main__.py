@@ -6,9 +6,11 @@ python -m bench report run.json                      # the same tables from the 
 python -m bench plot run.json                        # its pictures: reports/bench/*.png
 pytest --benchmark-only --benchmark-autosave         # (twice) runs saved in .benchmarks/
 python -m bench compare                              # the two newest saved runs side by side: what changed
-python -m bench check                                # quick run vs bench/baseline.json; exit 1 on regression,
-                                                     # 75 when the machine was too busy to measure ratios
+python -m bench check --against main                 # this tree vs main, both measured here, interleaved;
+                                                     # exit 1 on regression, 75 when undecided
+python -m bench check                                # quick run vs bench/baseline.json (another machine's)
 python -m bench check --update-baseline              # after an intended change: rewrite the baseline
+python -m bench.calibrate --aa 20 --slowdowns 0.10:10  # the check's false alarms and power (docs/regression-check.md)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import check, history, plot, report
+from bench import against, check, history, plot, report, results
 from mnist_zoo.util import UserError, guarded, out
 
 REPORT_EXAMPLE = "example: python -m bench report .benchmarks/Linux-CPython-3.12-64bit/0001_run.json"
@@ -34,6 +36,8 @@ COMPARE_EXAMPLES = """examples:
   python -m bench compare                         # the two newest saved runs
   python -m bench compare 0001 run.json           # a saved run number, or any results file"""
 CHECK_EXAMPLES = """examples:
+  python -m bench check --against main
+  python -m bench check --against origin/main --markdown verdict.md
   python -m bench check
   python -m bench check --results run.json
   python -m bench check --update-baseline"""
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--width", type=int, help="table width in characters (default: the terminal's)")
 
-    what = "quick benchmark run compared with the baseline; exit 1 on regression"
+    what = "this tree against a git ref (--against) or the committed baseline; exit 1 on regression"
     p = sub.add_parser(
         "check", help=what, description=check.__doc__, epilog=CHECK_EXAMPLES, formatter_class=fmt
     )
@@ -83,23 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, help="allowed fall of a ratio below the baseline (default: the baseline's)"
     )
     default = "(default: the baseline's; with --update-baseline: all cores)"
-    p.add_argument("--threads", type=int, help=f"threads per runtime in the quick run {default}")
+    p.add_argument(
+        "--threads", type=int, help=f"threads per runtime in the quick run {default}; --against: 1"
+    )
     p.add_argument("--train-threads", type=int, help=f"threads for the training rows {default}")
     pause = f"seconds a contended run waits for the machine to quieten (default: {check.PAUSE_S})"
     p.add_argument("--pause", type=float, default=check.PAUSE_S, help=pause)
     p.add_argument("--keep", help="also keep the quick run's JSON at this path")
     p.add_argument("--all", action="store_true", help="list passing floors in the table too")
     p.add_argument("--update-baseline", action="store_true", help="write the baseline from this run instead")
+    against.add_arguments(p)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "report":
-        report.render(report.load(args.file), sys.stdout, width=args.width, color=sys.stdout.isatty())
+        report.render(results.load(args.file), sys.stdout, width=args.width, color=sys.stdout.isatty())
         return 0
     if args.command == "plot":
-        for path in plot.plot_run(args.file, args.out):
+        notes: list[str] = []
+        for path in plot.plot_run(args.file, args.out, notes):
             out.print(str(path), highlight=False, soft_wrap=True)
+        for note in notes:
+            out.print(note, highlight=False, soft_wrap=True)
         return 0
     if args.command == "compare":
         if len(args.runs) > 2:

@@ -1,8 +1,15 @@
-"""Regression check for CI: a fresh quick benchmark run against the committed baseline (bench/baseline.json).
+"""Regression check for CI: this tree against a git ref on the same machine, or against the committed baseline.
 
-    python -m bench check                     # quick run (about 3 min on 2 cores); exit 1 on regression
+    python -m bench check --against main      # both trees measured here, interleaved (bench/against.py);
+                                              # exit 1 when a watched figure's whole 95% interval of
+                                              # head/base lies below 1 - 5%, or a floor fails
+    python -m bench check                     # quick run (about 3 min on 2 cores) against bench/baseline.json
     python -m bench check --results run.json  # compare a saved run (pytest ... --benchmark-json=run.json)
     python -m bench check --update-baseline   # after an intended change: measure, rewrite the baseline
+
+With --against, the speed figures come from bench/against.py (its docstring says how) and the floors below from
+a quick run of head's accuracy benchmarks. Without it, the baseline's ratios were measured on another machine,
+and ratios differ between CPUs by tens of percent: the tolerances are wide and only large regressions show.
 
 Exit 1, with a table of what regressed, when
   - a test accuracy falls below its floor, or a model no longer reaches its target within its default recipe;
@@ -32,9 +39,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rich import box
+from rich.console import Console
 from rich.table import Table
 
-from bench.report import derive, load, machine_of, rows_of
+from bench import against, stats
+from bench.report import make_console
+from bench.results import derive, load, machine_of, rows_of
 from bench.runtimes import EXTRA_RUNTIMES
 from mnist_zoo import cpu
 from mnist_zoo.targets import (
@@ -44,7 +55,7 @@ from mnist_zoo.targets import (
     CONTENDED,
     precision,
 )
-from mnist_zoo.util import UserError, atomic_write, fail, out
+from mnist_zoo.util import UserError, atomic_write, atomic_write_bytes, fail, out
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = Path(__file__).with_name("baseline.json")
@@ -60,6 +71,13 @@ WATCHED_RATIOS = re.compile(
 MISSING = "missing: its benchmark errored or was skipped"
 EXIT_BUSY = 75  # sysexits.h EX_TEMPFAIL: try again later
 PAUSE_S = 60  # the longest a contended check waits for the machine to quieten before measuring again
+# The quick run that judges the floors with --against: models trained to their targets, every runtime's accuracy.
+FLOOR_TESTS = ["bench/test_training.py::test_time_to_accuracy", "bench/test_accuracy.py"]
+COARSE = (
+    "note: the baseline was measured on another machine, and speed ratios differ between CPUs by tens of "
+    "percent, so its tolerances are wide and only large regressions show; "
+    "`python -m bench check --against main` compares with a git ref on this machine"
+)
 
 
 @dataclass
@@ -190,7 +208,7 @@ def run_quick(
         cmd.append(f"--bench-threads={threads}")
     if train_threads:
         cmd.append(f"--bench-train-threads={train_threads}")
-    shown = " ".join(cmd[1:]) if select is None else f"-m pytest ... ({len(select)} benchmarks again)"
+    shown = " ".join(cmd[1:]) if select is None else f"-m pytest {' '.join(select)} ..."
     out.out(f"$ python {shown}", highlight=False)
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.call(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": path})
@@ -237,6 +255,11 @@ def wait_for_quiet(seconds: float) -> cpu.Contention:
         )
 
 
+def tables() -> Console:
+    """Where the tables go: stdout, 100 columns wide when it is not a terminal (a CI log, a pipe)."""
+    return make_console(sys.stdout)
+
+
 def checks_table(checks: list[Check], everything: bool = False) -> Table:
     """Failures and the speed ratios; passing floors only with `everything` (they are summed up in a line).
     Notes follow the table, a line each, so that it reads at 80 columns."""
@@ -267,6 +290,8 @@ def floors_line(checks: list[Check]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """python -m bench check (arguments parsed in bench/__main__.py)."""
+    if args.against:
+        return main_against(args)
     baseline = None if args.update_baseline else load_baseline(args.baseline)
     if baseline:
         # Like for like: measure at the baseline's thread counts (capped at this machine's CPUs).
@@ -294,7 +319,7 @@ def main(args: argparse.Namespace) -> int:
         )
         return 0
     checks = compare(baseline, fresh, args.tolerance)
-    out.print(checks_table(checks, args.all))
+    tables().print(checks_table(checks, args.all))
     for c in sorted((c for c in checks if c.note), key=lambda c: c.name):
         out.print(f"  {c.name}: {c.note}", highlight=False, soft_wrap=True)
     out.print(floors_line(checks), soft_wrap=True)
@@ -303,6 +328,7 @@ def main(args: argparse.Namespace) -> int:
         if base.get(key) and base.get(key) != machine.get(key):
             ours = f"the baseline's {key} were {base[key]}, this run's {machine.get(key)}"
             out.print(f"[yellow]note:[/] {ours}; ratios may differ for that reason alone")
+    out.print(COARSE, highlight=False, soft_wrap=True)
     failed, busy = [c for c in checks if not c.ok and not c.busy], [c for c in checks if c.busy]
     if failed or rc != 0:
         what = f"{len(failed)} of {len(checks)} checks failed" if failed else "no check failed"
@@ -317,6 +343,107 @@ def main(args: argparse.Namespace) -> int:
     tolerance = baseline.get("tolerance", CHECK_TOLERANCE) if args.tolerance is None else args.tolerance
     out.print(f"[green]ok[/]: {len(checks)} checks passed (tolerance on ratios {tolerance:.0%})")
     return 0
+
+
+def floors(args: argparse.Namespace) -> tuple[list[Check], int]:
+    """The floors (accuracy, agreement, logit difference, target reached) from a quick run of head's accuracy
+    benchmarks, and pytest's exit code; a floor the committed baseline requires and the run lacks fails."""
+    path = Path(tempfile.mkdtemp(prefix="mnist-zoo-floors-")) / "floors.json"
+    rc = run_quick(path, None, None, FLOOR_TESTS)
+    if not path.is_file():
+        raise UserError(
+            f"the floors' quick run wrote no results (pytest exit code {rc}); see its output above"
+        )
+    fresh = {n: m for n, m in metrics(rows_of(load(path))).items() if m.kind in ("min", "max")}
+    try:
+        required = load_baseline(args.baseline).get("required", [])
+    except UserError:
+        required = []
+    return compare({"required": required}, fresh), rc
+
+
+def changes_table(result: list[against.Change], how: dict) -> Table:
+    title = f"head against base: the change of each speed (head/base; below 1, head is slower), {how['rounds']} rounds"
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, caption_justify="left")
+    for col in ("figure", "base", "head", "change", "95% interval", "verdict"):
+        t.add_column(col, justify="left" if col in ("figure", "verdict") else "right")
+    colour = {
+        stats.REGRESSED: "bold red",
+        "missing": "bold red",
+        stats.UNDECIDED: "yellow",
+        stats.SLOWER: "yellow",
+    }
+    for c in result:
+        word = against.VERDICT_WORDS[c.verdict]
+        word = f"[{colour[c.verdict]}]{word}[/]" if c.verdict in colour else word
+        change = "-" if c.change is None else f"{c.change:.3f}"
+        cells = (
+            against.fmt_value(c.base, c.unit),
+            against.fmt_value(c.head, c.unit),
+            change,
+            against.fmt_ci(c.ci),
+        )
+        t.add_row(c.name, *cells, word)
+    share = how.get("contention")
+    busy = (
+        f"other processes used {share[0]:.0%}-{share[1]:.0%} of the CPUs"
+        if share
+        else "contention not measured"
+    )
+    t.caption = (
+        f"regressed: the whole interval below {1 - how['threshold']:.2f}; undecided: it holds both 1 and that. "
+        f"{how['threads']} thread(s); {how['seconds']:.0f} s of rounds; {busy}."
+    )
+    return t
+
+
+def main_against(args: argparse.Namespace) -> int:
+    """python -m bench check --against REF: the speed figures of both trees, then head's floors."""
+    if not 0 < args.threshold < 1:
+        raise UserError(f"--threshold is a fraction in (0, 1), got {args.threshold}")
+    if args.inject_slowdown < 0:
+        raise UserError(f"--inject-slowdown must be 0 or more, got {args.inject_slowdown}")
+    for option in ("update_baseline", "results"):
+        if getattr(args, option):
+            raise UserError(f"--{option.replace('_', '-')} does not go with --against")
+    start = time.monotonic()
+    args.threads = args.threads or 1
+    result, how, base, head = against.run(args)
+    checks, rc = ([], 0) if args.speed_only else floors(args)
+    tables().print(changes_table(result, how))
+    for c in result:
+        if c.note:
+            out.print(f"  {c.name}: {c.note}", highlight=False, soft_wrap=True)
+    failing_floors = [c for c in checks if not c.ok]
+    if checks:
+        out.print(floors_line(checks), soft_wrap=True)
+        if failing_floors:
+            tables().print(checks_table(failing_floors))
+    regressed, undecided = against.failed(result), [c for c in result if c.verdict == stats.UNDECIDED]
+    if regressed or failing_floors or rc != 0:
+        names = [f"{c.name} {c.change:.3f} ({against.fmt_ci(c.ci)})" if c.ci else c.name for c in regressed]
+        names += [c.name for c in failing_floors]
+        verdict = "regressed: " + ", ".join(names) if names else f"pytest exit code {rc}"
+        code = 1
+    elif undecided:
+        verdict = f"machine busy: {len(undecided)} figure(s) undecided after {how['rounds']} rounds"
+        code = EXIT_BUSY
+    else:
+        verdict = f"ok: no watched figure slower than {args.threshold:.0%} beyond its interval"
+        code = 0
+    floors_text = floors_line(checks) if checks else "floors not judged (--speed-only)"
+    if args.markdown:
+        text = against.markdown(result, how, base, head, floors_text, verdict)
+        atomic_write_bytes(args.markdown, text.encode())
+    elapsed = f"(whole check {time.monotonic() - start:.0f} s)"
+    if code == 0:
+        out.print(f"[green]{verdict}[/] {elapsed}")
+        return 0
+    if code == EXIT_BUSY:
+        return fail(
+            f"{verdict}: not a regression, not a pass; more rounds or a quieter machine {elapsed}", code
+        )
+    return fail(f"{verdict} {elapsed}")
 
 
 def measure_busy_and_failing(

@@ -21,25 +21,33 @@ every row of that runtime and model.
 from __future__ import annotations
 
 import io
+import os
+import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from bench import coldstart, machine, report
+from bench import coldstart, machine, report, results
 from bench.plugin import DEPLOY_RUNS
+from bench.progress import Progress
 from bench.runtimes import Exports, artifact
 from mnist_zoo import cpu, data
 from mnist_zoo.models import get_model
 from mnist_zoo.targets import TARGET_ACCURACY, TUTORIAL_ACCURACY
 from mnist_zoo.util import UserError, cpu_name, device_name
 
-QUICK_BUDGET_S = 0.3  # seconds of timed calls per latency row in --bench-quick (full: --benchmark-max-time)
+QUICK_BUDGET_S = (
+    0.3  # the most seconds of timed calls per latency row in --bench-quick (full: --benchmark-max-time)
+)
 SEED = 0
 # Models that --bench-quick (CI's check) does not train: minutes each to their targets on 2 cores. Their training
 # and accuracy rows are in the full run; tests/test_export.py verifies their exports; latency rows run untrained.
 QUICK_UNTRAINED = ("cnn",)
+# pytest-benchmark's default columns: 4.x sets this list as the option's default, 5.x leaves the option None
+# and fills the list in later (so a comparison with the list alone keeps all ten on 5.x).
 DEFAULT_COLUMNS = ["min", "max", "mean", "stddev", "median", "iqr", "outliers", "ops", "rounds", "iterations"]
+OUR_COLUMNS = ["median", "iqr", "ops", "rounds"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,8 @@ def pytest_configure(config: pytest.Config) -> None:
     busy = cpu.sample()
     idle = cpu.default_threads(busy, quiet=True)
     most = max(1, min(cpu.TORCH_DEFAULT_THREADS, int(cpu.available())))
+    if config.getoption("benchmark_only") and not sys.stdout.isatty():  # a CI log: say how far it got
+        config.pluginmanager.register(Progress(), "mnist-zoo-progress")
     config.stash[OPTIONS] = Options(
         threads=_threads(config.getoption("--bench-threads"), idle),
         train_threads=train_threads or idle,
@@ -100,8 +110,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     # pytest-benchmark's own table has ten columns of seconds for every row (230 characters wide): keep the
     # ones that matter beside our summary, unless asked for others.
-    if config.getoption("benchmark_columns") == DEFAULT_COLUMNS:
-        config.option.benchmark_columns = ["median", "iqr", "ops", "rounds"]
+    config.option.benchmark_columns = narrow_columns(config.getoption("benchmark_columns"))
+
+
+def narrow_columns(columns: list[str] | None) -> list[str]:
+    """pytest-benchmark's columns: ours unless the user asked for others (None or the full default: not asked)."""
+    return OUR_COLUMNS if columns is None or list(columns) == DEFAULT_COLUMNS else columns
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -286,7 +300,7 @@ def new_row(benchmark, bench_options: Options):
 
     def make(kind: str, **fields) -> dict:
         info = benchmark.extra_info
-        info.update(format=report.FORMAT, kind=kind, quick=bench_options.quick, seed=SEED, cpu=cpu_name())
+        info.update(format=results.FORMAT, kind=kind, quick=bench_options.quick, seed=SEED, cpu=cpu_name())
         info.update(cores=len(cpu.affinity()), versions=machine.versions())
         info.update(fields)
         if str(fields.get("device", "cpu")).startswith("cuda"):
@@ -299,14 +313,14 @@ def new_row(benchmark, bench_options: Options):
 def _our_rows(config: pytest.Config) -> list[dict]:
     benchmarks = getattr(getattr(config, "_benchmarksession", None), "benchmarks", [])
     done = [b for b in benchmarks if b and not b.has_error]
-    return [b.extra_info for b in done if b.extra_info.get("format") == report.FORMAT]
+    return [b.extra_info for b in done if b.extra_info.get("format") == results.FORMAT]
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus):
     # Before pytest-benchmark saves its JSON (its own sessionfinish wrapper runs inside this one): the ratios
     # between rows go into each row's extra_info, so --benchmark-json and autosaved files carry them.
-    report.derive(_our_rows(session.config))
+    results.derive(_our_rows(session.config))
     yield
 
 
@@ -329,7 +343,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         return
     doc = {"machine_info": {"mnist_zoo": _machine(config)}, "benchmarks": [{"extra_info": r} for r in rows]}
     buffer = io.StringIO()
-    tty = terminalreporter.hasmarkup  # piped output gets room for every column rather than an 80-column wrap
-    report.render(doc, buffer, width=terminalreporter._tw.fullwidth if tty else 150, color=tty)
+    tty = terminalreporter.hasmarkup
+    # The terminal's width, or COLUMNS when piped; a pipe without COLUMNS gets 100 rather than an 80-column wrap.
+    width = terminalreporter._tw.fullwidth if tty or os.environ.get("COLUMNS") else 100
+    report.render(doc, buffer, width=width, color=tty)
     terminalreporter.write_sep("=", "mnist-zoo benchmark summary")
     terminalreporter.write(buffer.getvalue())

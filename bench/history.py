@@ -8,8 +8,8 @@
 The runs are pytest-benchmark's own files, found with its own storage (FileStorage, the current machine's
 folder of .benchmarks/), not a store of ours. Rows are matched by what they measured (model, runtime, batch,
 threads, device); "change" is how many times better `now` is (above 1: faster, smaller; accuracy: points).
-Changes beyond MOVED are coloured, unless either row was contended or noisy, which is said instead: figures
-of a shared machine move by 10-30% between runs on their own.
+Changes beyond MOVED are coloured, unless either row was contended or uncertain, which is marked instead (`!N%`,
+`?`, as in bench/report.py): figures of a shared machine move by 10-30% between runs on their own.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.report import contended, flags, fmt_num, fmt_pct, fmt_time, load, rows_of
+from bench.report import fmt_num, fmt_pct, fmt_time, marks
+from bench.results import contended, load, rows_of, uncertain
 from bench.runtimes import LABELS
-from mnist_zoo.targets import NOISY_SPREAD
 from mnist_zoo.util import UserError
 
 STORAGE = Path(".benchmarks")  # pytest-benchmark's default --benchmark-storage
@@ -103,13 +103,9 @@ def _change(then: dict, now: dict, field: str, lower_better: bool) -> str:
         "cold_start_s": [then.get("deployment") or {}, now.get("deployment") or {}],
         "peak_rss_mb": [],
     }
-    shaky = [
-        r
-        for r in measured.get(field, [then, now])
-        if contended(r) or r.get("iqr_over_median", 0) > NOISY_SPREAD
-    ]
+    shaky = [r for r in measured.get(field, [then, now]) if contended(r) or uncertain(r)]
     if shaky:
-        return text + flags(max(shaky, key=lambda r: r.get("contention") or 0))
+        return f"{text} {marks(*shaky)}"
     if better > 1 + MOVED:
         return f"[green]{text}[/]"
     return f"[red]{text}[/]" if better < 1 - MOVED else text

@@ -7,7 +7,8 @@
 Three PNG files, one panel per model, one colour per runtime (the same in each):
   latency.png     p50 latency of one call against batch size, log-log, with whiskers from p90 to p99, at the
                   run's largest thread count: where each runtime wins, and how much its tail moves
-  threads.png     images/s at the largest batch against threads (a sweep: --bench-threads all)
+  threads.png     images/s at the largest batch against threads, from a run that swept them
+                  (--bench-threads all); a run at one thread count draws none, and says so
   deployment.png  cold start, peak memory and artifact size side by side
 Rows measured contended (other processes took more than CONTENDED of the CPUs' time) are drawn hollow. The
 machine, the versions and the threads are in every title. matplotlib is the `plots` extra.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bench.report import contended, deployment_rows, load, machine_of, matching, rows_of
+from bench.results import contended, deployment_rows, load, machine_of, matching, rows_of
 from bench.runtimes import LABELS
 from mnist_zoo import plots
 from mnist_zoo.util import UserError, atomic_write
@@ -131,8 +132,7 @@ def throughput(doc: dict, rows: list[dict], path: Path) -> Path:
     inference = matching(inference, batch=batch)
     models = list(dict.fromkeys(r["model"] for r in inference))
     counts = sorted({r["threads"] for r in inference})
-    sweep = "" if len(counts) > 1 else " (one thread count: --bench-threads all sweeps them)"
-    title = f"Throughput at batch {batch} against threads{sweep}; hollow: contended\n{_machine_line(doc)}"
+    title = f"Throughput at batch {batch} against threads; hollow: contended\n{_machine_line(doc)}"
     fig, axes = _figure(len(models), title)
     runtimes = [rt for rt in LABELS if matching(inference, runtime=rt)]
     for model, ax in zip(models, axes, strict=True):
@@ -190,18 +190,31 @@ def deployment(doc: dict, rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_run(file: str | Path, out: str | Path = OUT) -> list[Path]:
-    """Write the pictures of the run in `file` (a pytest-benchmark JSON with mnist-zoo rows) into `out`."""
+def plot_run(file: str | Path, out: str | Path = OUT, notes: list[str] | None = None) -> list[Path]:
+    """Write the pictures of the run in `file` (a pytest-benchmark JSON with mnist-zoo rows) into `out`; why a
+    picture was not drawn goes into `notes`."""
     if not plots.available():
         raise UserError("matplotlib is not installed (pip install 'mnist-zoo[plots]')")
     doc = load(file)
     rows = rows_of(doc)
-    if not matching(rows, kind="inference", device="cpu"):
+    inference = matching(rows, kind="inference", device="cpu")
+    if not inference:
         raise UserError(
             f"{file} holds no CPU inference rows to plot (run: pytest --benchmark-only -k inference)"
         )
+    notes = [] if notes is None else notes
     out = Path(out)
-    written = [latency(doc, rows, out / "latency.png"), throughput(doc, rows, out / "threads.png")]
+    written = [latency(doc, rows, out / "latency.png")]
+    if len({r["threads"] for r in inference}) > 1:
+        written.append(throughput(doc, rows, out / "threads.png"))
+    else:
+        only = inference[0]["threads"]
+        notes.append(
+            f"threads.png not drawn: every row ran at {only} thread(s); a sweep draws it "
+            "(pytest --benchmark-only --bench-threads all --benchmark-json=run.json)"
+        )
     if any(r.get("artifact_bytes") is not None for r in rows):
         written.append(deployment(doc, rows, out / "deployment.png"))
+    else:
+        notes.append("deployment.png not drawn: no row carries deployment costs (--bench-deploy-runs)")
     return written

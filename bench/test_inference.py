@@ -5,10 +5,12 @@
     pytest bench/test_inference.py --benchmark-only -k "lenet and b1-"    # one model, batch 1
 
 Per row (extra_info kind "inference"): p50, p90 and p99 latency of single calls (from pytest-benchmark's raw
-samples), IQR/median, images/s (batch / p50), the contention it was measured under, and the speed-up over
-PyTorch eager: measured interleaved with eager at the same model, device, batch and threads
-(`speedup_paired`), and, filled in at the end of the run, against eager's own row at its fastest thread count
-(`speedup_vs_eager`, `eager_threads`). Beside them, what deploying that runtime and model costs (the same in
+samples), the p50's 95% interval (`p50_ci_s`), IQR/median, images/s (batch / p50) and its interval, the
+contention it was measured under, and the speed-up over PyTorch eager: measured interleaved with eager at the
+same model, device, batch and threads (`speedup_paired`, `speedup_paired_ci`), and, filled in at the end of the
+run, against eager's own row at its fastest thread count (`speedup_vs_eager`, `eager_threads`). Each row samples
+until its intervals are within bench/timing.py's CI_TARGET or its time cap (--benchmark-max-time; quick: 0.3 s
+of timed calls) is spent, and records which (`stopped`). Beside them, what deploying that runtime and model costs (the same in
 each of its rows; see bench/coldstart.py): `artifact_bytes`, `cold_start_s` and `peak_rss_mb`. The input is
 real test images, normalised and moved to the device before timing; CUDA rows synchronise inside the timed
 call. Absent runtimes and devices are skipped with the reason.
@@ -74,13 +76,13 @@ def test_latency(
         pytest.skip(str(e))
     assert out.shape == (batch, 10)
     benchmark.group = f"inference: {model_name}, batch {batch}, {torch_device.type}"
-    budget_s, min_rounds = bench_options.budget_s, max(timing.MIN_ROUNDS, bench_options.min_rounds)
+    cap_s, min_rounds = bench_options.budget_s, max(timing.MIN_ROUNDS, bench_options.min_rounds)
     reference = None
     if runtime != "eager":  # interleaved with eager, so that the speed-up compares like with like
         eager = build("eager", model, torch_device, threads, exports, model_name)
         eager_x = eager.prepare(normalize(test_split.images[:batch]))
         reference = partial(eager.run, eager_x)
-    options = dict(batch=batch, budget_s=budget_s, min_rounds=min_rounds, reference=reference)
+    options = dict(batch=batch, cap_s=cap_s, min_rounds=min_rounds, reference=reference)
     options["settle_s"] = timing.SETTLE_S if threads > 1 and reference else 0.0  # pools that spin: timing.py
     stats = timing.measure(benchmark, lambda: predictor.run(x), **options)
     new_row(

@@ -3,7 +3,9 @@
     pytest bench/test_training.py --benchmark-only            # a couple of minutes on 2 cores
 
 Rows (extra_info kind):
-  epoch             one epoch of the default recipe on the 60,000 training images: seconds and images/s
+  epoch             one epoch of the default recipe on the 60,000 training images: seconds and images/s, with
+                    a 95% interval of images/s (bootstrap over 1/20-epoch segments); up to EPOCH_ROUNDS
+                    epochs, fewer once that interval is within timing.CI_TARGET
   time-to-accuracy  the default recipe until test accuracy first reaches the model's TARGET_ACCURACY,
                     timed to 1/20 of an epoch (train.TIMING_POINTS); training seconds only (evaluation is
                     not counted), plus, from the same run, the seconds to the tutorial's final accuracy
@@ -24,10 +26,12 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import pytest
 import torch
 
-from bench import peer, tutorial
+from bench import peer, timing, tutorial
+from bench import stats as ci
 from bench.conftest import skip_untrained_in_quick
 from mnist_zoo.cpu import Contention
 from mnist_zoo.models import list_models
@@ -35,8 +39,10 @@ from mnist_zoo.recipes import recipe_for
 from mnist_zoo.targets import TARGET_ACCURACY, TUTORIAL_ACCURACY, TUTORIAL_IMAGES
 from mnist_zoo.train import TIMING_POINTS, train
 
-# Rounds (epochs) timed per model: an epoch of mlp takes about a second, of lenet several.
+# The most epochs timed per model (an epoch of mlp takes about a second, of lenet several): fewer once the
+# epoch's images/s is known to within timing.CI_TARGET, from the SEGMENTS parts of each epoch.
 EPOCH_ROUNDS = {"mlp": 3, "dnn": 3, "lenet": 2, "cnn": 1}
+SEGMENTS = 20
 TUTORIAL_STEPS, TUTORIAL_STEPS_QUICK = 320, 120
 # Pairs: a zoo run of PAIR_ZOO_IMAGES (40 lenet steps of its batch of 256, under a second), then PAIR_STEPS
 # tutorial steps (8 pairs, quick: 3). The first PAIR_REFILL tutorial steps after a zoo run are not timed: the
@@ -54,14 +60,38 @@ def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model
     torch.set_num_threads(threads)
     recipe = recipe_for(model_name, epochs=1)  # the default recipe's batch size and optimizer, one epoch
     benchmark.group = "training: seconds per epoch"
-    runs = []
+    runs, segments = [], []  # segments: seconds of each 1/SEGMENTS of an epoch, every epoch run
+    most = 1 if bench_options.quick else EPOCH_ROUNDS[model_name]
 
-    def one_epoch():
-        runs.append(train(model_name, recipe, train_split, seed=0, device=torch_device))
+    def interval() -> (
+        tuple[float, float] | None
+    ):  # of images/s, over the segments (bootstrap: bench/stats.py)
+        total = ci.sum_ci(segments)
+        return ci.rate_ci(total, len(runs) * len(train_split)) if total else None
+
+    def epochs() -> None:  # until images/s is known to within CI_TARGET, or `most` epochs
+        while len(runs) < most:
+            stamps: list[float] = []
+            runs.append(
+                train(
+                    model_name,
+                    recipe,
+                    train_split,
+                    seed=0,
+                    device=torch_device,
+                    on_step=lambda i, stamps=stamps: stamps.append(i["elapsed"]),
+                )
+            )
+            steps = np.diff([0.0, *stamps])
+            segments.extend(float(part.sum()) for part in np.array_split(steps, SEGMENTS))
+            ips = len(runs) * len(train_split) / sum(segments)
+            if (ci.half_width(interval(), ips) or 1) <= timing.CI_TARGET:
+                return
 
     with Contention() as contention:
-        benchmark.pedantic(one_epoch, rounds=1 if bench_options.quick else EPOCH_ROUNDS[model_name])
-    seconds = benchmark.stats.stats.median
+        benchmark.pedantic(epochs, rounds=1, iterations=1)
+    benchmark.stats.stats.data[:] = [r.train_seconds for r in runs]  # its table: seconds per epoch
+    seconds = statistics.median(r.train_seconds for r in runs)
     new_row(
         "epoch",
         model=model_name,
@@ -72,6 +102,7 @@ def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model
         images=len(train_split),
         epoch_seconds=seconds,
         images_per_second=len(train_split) / seconds,
+        images_per_second_ci=interval(),
         rounds=len(runs),
         optimisation_seconds=[round(r.train_seconds, 3) for r in runs],
         **contention.record(),
@@ -182,6 +213,10 @@ def test_tutorial_pipeline(benchmark, new_row, bench_options, splits_on, model_n
         paired_zoo_images_per_second=[round(z) for z in zoo_rates],
         paired_ratios=[round(p, 3) for p in paired],
         vs_tutorial_paired=statistics.median(paired),
+        vs_tutorial_paired_ci=list(ci.ratio_ci(paired) or []) or None,  # over the pairs (6 or more)
+        images_per_second_ci=ci.rate_ci(
+            ci.sum_ci([sum(seg) for seg in segments]), tutorial.BATCH_SIZE * len(samples)
+        ),
         pairing=f"{PAIR_ZOO_IMAGES:,} zoo images, then {PAIR_STEPS} timed tutorial steps",
         **contention.record(),
     )

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench import stats as ci
 from bench import timing
 from bench.runtimes import Unavailable, build
 from export import web, web_browser
@@ -74,6 +75,7 @@ def paired_with_ort_fp32(tab: web_browser.Tab, predictor, x, segment: int) -> di
         reference += python_s
     return {
         "vs_ort_fp32_paired": float(np.median(ratios)),
+        "vs_ort_fp32_paired_ci": list(ci.ratio_ci(ratios) or []) or None,
         "ort_fp32_p50_s": float(np.median(reference)),
         "ort_fp32_pairing": f"{PAIRS} segments of {segment} call(s), the page first",
     }
@@ -130,7 +132,7 @@ def test_ort_web_latency(
     samples = [ms / 1e3 for ms in times_ms]
     benchmark.stats.stats.data[:] = samples  # pytest-benchmark's table and JSON: the page's per-call times
     stats = {
-        **timing.percentile_stats(samples, batch=1),
+        **timing.percentile_stats(samples, batch=1, block=timing.segment_calls(estimate_s)),
         "budget_s": bench_options.budget_s,
         **contention.record(),
     }

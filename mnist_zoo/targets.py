@@ -46,14 +46,18 @@ TARGET_TUTORIAL_ACCURACY_SPEEDUP = 15.0  # lenet to the tutorial's 98.4% vs the 
 TARGET_EPOCH_SECONDS = 1.5  # mlp and dnn: "about 1 s" per epoch
 TARGET_RUNTIME_SPEEDUP = 5.0  # lenet batch 1: fastest runtime vs eager
 
-# The regression check compares speed ratios with the committed baseline and allows them to fall this far. The
-# training ratios set one process against the tutorial's five (main + 4 workers), so load moves them more
-# (measured here: 1.9x to 5.1x for lenet at 1 thread).
+# The regression check. Against a git ref (python -m bench check --against REF, both trees measured on this
+# machine, interleaved): a watched figure regressed when the whole 95% interval of head/base lies below
+# 1 - CHECK_THRESHOLD. Against the committed baseline (measured on another machine: coarse), a ratio may fall
+# CHECK_TOLERANCE below it; the training ratios set one process against the tutorial's five (main + 4 workers),
+# so load moves them more (measured here: 1.9x to 5.1x for lenet at 1 thread).
+CHECK_THRESHOLD = 0.05
 CHECK_TOLERANCE = 0.4
 CHECK_TRAINING_TOLERANCE = 0.5
 
-# A benchmark row whose IQR / median is above this is marked noisy: its figures moved while it was measured.
-NOISY_SPREAD = 0.10
+# A figure whose 95% interval is wider than +-UNCERTAIN of it is marked uncertain in the tables: the samples
+# (or the machine) did not pin it down.
+UNCERTAIN = 0.05
 # A benchmark row or training run during which other processes used more than this share of the CPUs' time is
 # marked contended: no target is called met from it. A quiet machine measures 0-3% here; two spinning thread
 # pools on a 2-core machine, the load that collapses 2-thread teams, 60-100%.

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import check, coldstart, report, runtimes, timing
+from bench import check, coldstart, report, results, runtimes, timing
 from bench.__main__ import main as bench_main
 from mnist_zoo import cpu
 from mnist_zoo.models import get_model
@@ -36,12 +36,13 @@ from mnist_zoo.util import UserError
 
 
 def row(kind, fullname, **fields):
-    return {"format": report.FORMAT, "kind": kind, "device": "cpu", "fullname": fullname, **fields}
+    return {"format": results.FORMAT, "kind": kind, "device": "cpu", "fullname": fullname, **fields}
 
 
-def inference(model, runtime, batch, p50, threads=2, iqr=0.02, paired=None, contention=0.01):
+def inference(model, runtime, batch, p50, threads=2, iqr=0.02, paired=None, contention=0.01, ci=0.01):
     fullname = f"bench/test_inference.py::test_latency[{model}-{runtime}-b{batch}-cpu-{threads}t]"
     percentiles = {"p50_s": p50, "min_s": p50 * 0.9, "p90_s": p50 * 1.1, "p99_s": p50 * 1.5}
+    percentiles["p50_ci_s"] = [p50 * (1 - ci), p50 * (1 + ci)]
     return row(
         "inference",
         fullname,
@@ -95,7 +96,7 @@ def run_rows(speedup=7.0, lenet_acc=0.991, int8_agreement=0.998, contention=0.01
     return [
         inference("lenet", "eager", 1, 350e-6, contention=contention),
         inference("lenet", "ort-fp32", 1, 350e-6 / speedup, paired=speedup, contention=contention),
-        inference("lenet", "ort-int8", 1, 100e-6, iqr=0.3, paired=3.5, contention=contention),
+        inference("lenet", "ort-int8", 1, 100e-6, iqr=0.3, paired=3.5, contention=contention, ci=0.18),
         accuracy("lenet", "eager", lenet_acc),
         accuracy("lenet", "ort-fp32", lenet_acc),
         accuracy("lenet", "ort-int8", lenet_acc - 0.001, agreement=int8_agreement),
@@ -127,7 +128,7 @@ def test_rounds_fit_the_budget_within_bounds():
 
 
 def test_derive_fills_ratios_of_the_same_run():
-    rows = report.derive(run_rows(speedup=7.0, tutorial_ips=1000.0, zoo_ips=8000.0, to_984=10.0))
+    rows = results.derive(run_rows(speedup=7.0, tutorial_ips=1000.0, zoo_ips=8000.0, to_984=10.0))
     by = {(r["kind"], r.get("runtime")): r for r in rows}
     assert by["inference", "ort-fp32"]["speedup_vs_eager"] == pytest.approx(7.0)
     assert by["inference", "eager"]["speedup_vs_eager"] == pytest.approx(1.0)
@@ -139,7 +140,7 @@ def test_derive_fills_ratios_of_the_same_run():
 def test_paired_rounds_give_the_training_ratio():
     rows = run_rows(tutorial_ips=1000.0, zoo_ips=8000.0)
     next(r for r in rows if r["kind"] == "tutorial")["vs_tutorial_paired"] = 6.5
-    epoch = next(r for r in report.derive(rows) if r["kind"] == "epoch")
+    epoch = next(r for r in results.derive(rows) if r["kind"] == "epoch")
     assert epoch["vs_tutorial"] == pytest.approx(6.5)  # not 8000 / 1000: those rows were timed apart
 
 
@@ -148,12 +149,12 @@ def test_speedup_is_against_eager_at_its_fastest_thread_count():
         inference("lenet", "eager", 1, 2e-4, threads=1),
         inference("lenet", "eager", 1, 3e-4, threads=2),
     )
-    rows = report.derive([one, two, inference("lenet", "ort-fp32", 1, 5e-5, threads=2)])
+    rows = results.derive([one, two, inference("lenet", "ort-fp32", 1, 5e-5, threads=2)])
     assert rows[2]["speedup_vs_eager"] == pytest.approx(4.0) and rows[2]["eager_threads"] == 1
 
 
 def test_targets_report_met_and_missed():
-    found = {t["name"]: t for t in report.targets(report.derive(run_rows(speedup=3.0, zoo_ips=8000.0)))}
+    found = {t["name"]: t for t in results.targets(results.derive(run_rows(speedup=3.0, zoo_ips=8000.0)))}
     assert found["lenet training images/s vs tutorial pipeline"]["met"] is True
     b1 = found["lenet batch 1, fastest runtime at 2 thread(s) vs eager"]
     assert b1["met"] is False and b1["note"].startswith("ort-int8")  # int8 (3.5x) beats fp32 (3x), under 5x
@@ -162,31 +163,34 @@ def test_targets_report_met_and_missed():
 def test_lenet_to_99_is_set_against_the_peer_recipe():
     peer = row("peer", "bench/test_training.py::test_peer_recipe", model="peer", threads=2, contention=0.01)
     peer.update(train_seconds=20.0, images_per_second=3000.0, accuracy=0.9898)
-    rows = report.derive([*run_rows(), peer])  # lenet reaches 99% after 25 s of training
+    rows = results.derive([*run_rows(), peer])  # lenet reaches 99% after 25 s of training
     assert next(r for r in rows if r["kind"] == "time-to-accuracy")["vs_peer"] == pytest.approx(1.25)
-    goal = next(t for t in report.targets(rows) if "peer" in t["name"])
+    goal = next(t for t in results.targets(rows) if "peer" in t["name"])
     assert goal["met"] is False and goal["target"] == 0.6
     out = io.StringIO()
     report.render(doc_of(rows), out, width=250)
     training = out.getvalue().split("Training")[1].split("Targets")[0]
-    assert "1.25x" in training and "peer recipe (train_mnist_fast)" in training and "98.98%" in training
+    assert "1.25x" in training and "peer recipe" in training and "98.98% in 1 epoch" in training
     peer["contention"] = 0.5  # a contended peer row: the ratio is not a measurement
-    assert next(t for t in report.targets(report.derive(rows)) if "peer" in t["name"])["met"] is None
+    assert next(t for t in results.targets(results.derive(rows)) if "peer" in t["name"])["met"] is None
     out = io.StringIO()
     report.render(doc_of(rows), out, width=250)
-    lenet = next(
-        line for line in out.getvalue().split("Training")[1].splitlines() if line.startswith("│ lenet")
-    )
-    assert "1.25x contended 50%" in lenet  # lenet's own row is quiet; the ratio's other side is not
+    speed, to_accuracy = out.getvalue().split("Training speed")[1].split("Time to accuracy")
+    lenet = next(re.split(r"\s{2,}", line.strip()) for line in to_accuracy.splitlines() if "  lenet" in line)
+    assert lenet[3] == "1.25x" and lenet[-1] == "!50%"  # the ratio's other side was contended
+    assert "!" not in next(
+        line for line in speed.splitlines() if line.startswith("  lenet")
+    )  # lenet's is quiet
 
 
 def test_no_target_is_met_from_a_contended_row():
-    rows = report.derive(run_rows(speedup=7.0, zoo_ips=8000.0, contention=0.6))
-    found = report.targets(rows)
+    rows = results.derive(run_rows(speedup=7.0, zoo_ips=8000.0, contention=0.6))
+    found = results.targets(rows)
     assert found and all(t["met"] is None and "contended" in t["note"] for t in found)
     out = io.StringIO()
     report.render(doc_of(rows), out, width=200)
-    assert "contended 60%" in out.getvalue() and "not measured" in out.getvalue()
+    assert "!60%" in out.getvalue() and "not judged" in out.getvalue()
+    assert "not judged: contended (60% of the CPUs busy" in out.getvalue()
     assert "yes" not in out.getvalue().split("Targets")[1].split("Inference")[0]
 
 
@@ -196,23 +200,24 @@ def test_a_ratio_against_a_contended_row_is_marked_even_on_a_quiet_row():
     rows += [inference("lenet", "ort-fp32", 1, 1e-4, threads=1, contention=0.7)]
     rows += [inference("lenet", "ort-fp32", 1, 0.9e-4, threads=2, contention=0.01)]
     out = io.StringIO()
-    report.render(doc_of(report.derive(rows)), out, width=250)
+    report.render(doc_of(results.derive(rows)), out, width=250)
     text = out.getvalue()
-    cells = [[c.strip() for c in line.split("│")] for line in text.split("Inference")[1].splitlines()]
-    quiet = next(c for c in cells if len(c) > 8 and c[2].endswith("ORT fp32") and c[3] == "2")
-    assert quiet[8] == "8.89x (1, contended)"  # its own row is quiet, its reference is not
+    cells = [re.split(r"\s{2,}", line.strip()) for line in text.split("Inference")[1].splitlines()]
+    quiet = next(c for c in cells if len(c) >= 7 and c[1].endswith("ORT fp32") and c[2] == "2")
+    assert quiet[6] == "8.89x ±2.0% @1!" and len(quiet) == 7  # its own row is quiet, its reference is not
     threads = text.split("Threads")[1].split("Inference")[0]
-    ort = next(line for line in threads.splitlines() if "ORT fp32" in line)
-    assert "2  1.11x contended 70%" in ort  # 2 threads quiet, over 1 thread contended
+    lines = [re.split(r"\s{2,}", line.strip()) for line in threads.splitlines()]
+    header, lenet = next(c for c in lines if c[0] == "model"), next(c for c in lines if c[0] == "lenet b1")
+    assert lenet[header.index("ORT fp32")] == "2 1.11x !"  # 2 threads quiet, over 1 thread contended
 
 
 def test_a_collapsed_eager_reference_is_said_in_words_not_a_win():
     # eager at 2 threads 45x slower than at 1 (a collapsed thread team); ORT at 2 threads looks 40x faster
     rows = [inference("lenet", "eager", 1, 2e-4, threads=1), inference("lenet", "eager", 1, 9e-3, threads=2)]
     rows += [inference("lenet", "ort-fp32", 1, 1e-4, threads=1), inference("lenet", "ort-fp32", 1, 2.25e-4)]
-    rows = report.derive(rows)
+    rows = results.derive(rows)
     assert rows[3]["speedup_vs_eager"] == pytest.approx(2e-4 / 2.25e-4)  # vs eager at 1 thread, not 40x
-    assert "collapsed" in (report.collapsed(rows, "lenet", "cpu", 1) or "")
+    assert "collapsed" in (results.collapsed(rows, "lenet", "cpu", 1) or "")
     out = io.StringIO()
     report.render(doc_of(rows), out, width=200)
     assert "PyTorch eager collapsed: lenet batch 1 at 2 threads ran 45x slower than at 1" in out.getvalue()
@@ -222,13 +227,13 @@ def test_load_rejects_foreign_files_with_one_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(UserError, match="not a readable JSON"):
-        report.load(bad)
+        results.load(bad)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"benchmarks": [{"extra_info": {}}]}))
     with pytest.raises(UserError, match="no mnist-zoo benchmark rows"):
-        report.load(other)
+        results.load(other)
     with pytest.raises(UserError, match="no such file"):
-        report.load(tmp_path / "missing.json")
+        results.load(tmp_path / "missing.json")
 
 
 def test_report_renders_every_table(tmp_path):
@@ -238,7 +243,8 @@ def test_report_renders_every_table(tmp_path):
     for title in ("Test accuracy", "Training", "Targets", "Inference: lenet on cpu"):
         assert title in text
     assert "★ ORT fp32" in text  # the fastest runtime of its batch is starred
-    assert "noisy" in text  # iqr/median 30% > 10%
+    int8 = next(line for line in text.split("Inference")[1].splitlines() if "ORT int8" in line)
+    assert "100 µs ±18%" in int8 and int8.rstrip().endswith("?")  # its p50's interval: wider than ±5%
     assert "derived" in text  # the tutorial's 5-epoch time says how it was obtained
 
 
@@ -349,16 +355,17 @@ def test_update_refuses_a_failing_run(tmp_path, capsys):
 
 
 class FakeBenchmark:
-    """What timing.measure uses of pytest-benchmark's fixture: pedantic() filling stats.stats.data."""
+    """What timing.measure uses of pytest-benchmark's fixture: pedantic() and stats.stats.data."""
 
     def __init__(self):
         self.calls = {}
         self.stats = type("S", (), {"stats": type("T", (), {"data": []})()})()
 
-    def pedantic(self, fn, rounds, iterations, setup):
+    def pedantic(self, fn, rounds, iterations, setup=None):
         self.calls = {"rounds": rounds, "iterations": iterations}
         for _ in range(rounds):
-            setup()
+            if setup:
+                setup()
             t0 = time.perf_counter()
             fn()
             self.stats.stats.data.append(time.perf_counter() - t0)
@@ -366,27 +373,42 @@ class FakeBenchmark:
 
 def test_measure_times_single_calls_after_warm_up():
     bench = FakeBenchmark()
-    stats = timing.measure(bench, lambda: time.sleep(0.001), batch=4, budget_s=0.05, min_rounds=10)
-    assert bench.calls["iterations"] == 1 and bench.calls["rounds"] >= 10
-    assert stats["rounds"] == len(bench.stats.stats.data) == bench.calls["rounds"]
+    stats = timing.measure(bench, lambda: time.sleep(0.001), batch=4, cap_s=0.05, min_rounds=10)
+    assert bench.calls == {"rounds": 1, "iterations": 1}  # one loop, whose single calls become the samples
+    assert stats["rounds"] == len(bench.stats.stats.data) >= 10
     assert 0.001 <= stats["min_s"] <= stats["p50_s"] <= stats["p90_s"] <= stats["p99_s"]
     assert stats["images_per_second"] == pytest.approx(4 / stats["p50_s"])
     assert 0 <= stats["contention"] <= 1 and stats["cpus_available"] >= 1
+    low, high = stats["p50_ci_s"]
+    assert stats["segments"] >= timing.MIN_SEGMENTS and low <= stats["p50_s"] <= high
+    assert stats["stopped"] in ("precise", "time cap") and stats["block"] % 2 == 1
+
+
+def test_measure_stops_when_precise_or_at_its_cap():
+    calls = iter(range(10**9))
+    steady = timing.measure(FakeBenchmark(), lambda: time.sleep(0.0005), batch=1, cap_s=5.0, target=0.5)
+    assert steady["stopped"] == "precise" and steady["segments"] == timing.MIN_SEGMENTS  # ±50%: at once
+    # every other segment twice as slow: the interval over segment medians stays wide, the cap stops it
+    wild = timing.measure(
+        FakeBenchmark(), lambda: time.sleep(0.0005 * (1 + (next(calls) // 51) % 2)), batch=1, cap_s=0.3
+    )
+    assert wild["stopped"] == "time cap" and wild["p50_ci_s"][1] / wild["p50_ci_s"][0] > 1.5
 
 
 def test_interleaved_measure_gives_the_paired_speedup():
     bench = FakeBenchmark()
     stats = timing.measure(
-        bench, lambda: time.sleep(0.001), batch=1, budget_s=0.1, reference=lambda: time.sleep(0.004)
+        bench, lambda: time.sleep(0.001), batch=1, cap_s=0.1, reference=lambda: time.sleep(0.004)
     )
     assert 3 < stats["speedup_paired"] < 4.5 and stats["reference_p50_s"] >= 0.004
-    assert "segments" in stats["pairing"]
+    low, high = stats["speedup_paired_ci"]
+    assert low <= stats["speedup_paired"] <= high and "segments" in stats["pairing"]
     # settling (multi-threaded rows): a pause and an untimed call before each side's segment, same ratio
     settled = timing.measure(
         FakeBenchmark(),
         lambda: time.sleep(0.001),
         batch=1,
-        budget_s=0.1,
+        cap_s=0.1,
         reference=lambda: time.sleep(0.004),
         settle_s=0.01,
     )
@@ -460,7 +482,7 @@ def test_a_busy_machine_is_measured_and_marked_and_meets_no_target(busy_machine)
     marked contended and meets no target, however fast it looks."""
     model, x = get_model("lenet").eval(), torch.zeros(1, 1, 28, 28)
     with torch.inference_mode():
-        stats = timing.measure(FakeBenchmark(), lambda: model(x), batch=1, budget_s=0.5)
+        stats = timing.measure(FakeBenchmark(), lambda: model(x), batch=1, cap_s=0.5)
     if not stats["contention"] > CONTENDED:
         pytest.skip(
             f"{busy_machine} busy processes did not show as contention here ({stats['contention']:.0%})"
@@ -470,7 +492,7 @@ def test_a_busy_machine_is_measured_and_marked_and_meets_no_target(busy_machine)
     rows = run_rows(speedup=50.0, zoo_ips=90_000.0)  # figures that would meet every target
     for r in rows:
         r["contention"] = stats["contention"]
-    found = report.targets(report.derive(rows))
+    found = results.targets(results.derive(rows))
     assert found and not any(t["met"] for t in found)
     assert all("contended" in t["note"] for t in found)
 
@@ -553,7 +575,7 @@ def test_summary_shows_deployment_costs_and_the_best_thread_counts():
     text = out.getvalue()
     assert "Deployment" in text and "5.00 s" in text and "0.50 s" in text and "156 KiB" in text
     threads = text.split("Threads")[1].split("Inference")[0]
-    assert "2  3.00x" in threads and "1  1.00x" in threads
+    assert "2 3.00x" in threads and "1 1.00x" in threads
 
 
 def test_plot_writes_the_pictures(tmp_path):

@@ -1,0 +1,328 @@
+"""The regression check against a git ref: both trees measured on this machine, in one run, interleaved.
+
+    python -m bench check --against main                 # this working tree (head) against main (base)
+    python -m bench check --against HEAD~1 --markdown verdict.md
+
+REF is checked out into a temporary git worktree (removed afterwards, also on Ctrl-C, SIGTERM or an error).
+Each tree's artifacts (ONNX, int8, TorchScript) are made once, by that tree's own exporters, then rounds of
+fresh processes measure every watched figure of one tree each (bench/probe.py: always head's copy, with the
+tree under test on PYTHONPATH), the two trees alternating base, head, head, base, base, head ... (each pair's
+order flips, so that a machine that speeds up or slows down across a pair favours neither side). Per figure,
+each round gives one pair and the change head/base of its speed (above 1: head is faster); the change is the
+median over the pairs and its 95% interval is taken over them (order statistics, bench/stats.py).
+
+A figure regressed when its whole interval lies below 1 - threshold (CHECK_THRESHOLD, 5%). Rounds go on,
+from MIN_ROUNDS to MAX_ROUNDS or ROUNDS_CAP_S, while any figure's interval holds 1 - threshold (stats.OPEN:
+undecided, or slower without being surely beyond the threshold); at the end, an interval that still holds both
+1 and 1 - threshold is undecided, and only that gives exit 75 ("machine busy"): load alone does not, since
+both sides of every pair saw it. Accuracy and agreement floors are judged as without --against, from a
+quick run of head's benchmarks (bench/check.py). Threads are pinned (--threads, default 1) and recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import stats
+from mnist_zoo.cpu import Contention
+from mnist_zoo.targets import CHECK_THRESHOLD
+from mnist_zoo.util import UserError, out
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = Path(__file__).with_name("probe.py")
+MIN_ROUNDS, MAX_ROUNDS = 6, 16  # pairs: 6 give a 97% interval (the extremes), 9 the 2nd and 8th of 9
+ROUNDS_CAP_S = 200  # no new round starts after this many seconds of rounds, once MIN_ROUNDS are done
+PROBE_TIMEOUT_S = 300
+
+
+@dataclass
+class Tree:
+    side: str  # "base" or "head"
+    path: Path
+    label: str  # the ref and commit, as the output names it
+    artifacts: Path = Path()
+    values: dict[str, list[float | None]] = field(default_factory=dict)  # figure -> one value per round
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Change:
+    name: str
+    unit: str
+    base: float | None
+    head: float | None
+    change: float | None  # head/base of the speed: below 1, head is slower
+    ci: tuple[float, float] | None
+    verdict: str  # a stats.decide() verdict, or "missing" / "new" / "error"
+    pairs: int
+    note: str = ""
+
+
+def git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UserError(f"git {' '.join(args)} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return done.stdout.strip()
+
+
+def resolve(ref: str) -> str:
+    """The commit `ref` names (a branch, tag or commit), or a one-line UserError."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise UserError(f"unknown git ref {ref!r}: no commit of that name in {ROOT} (git fetch it first?)")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def checked_out(commit: str, where: Path) -> Iterator[Path]:
+    """`commit` in a detached git worktree at `where`, removed on the way out whatever happens."""
+    git("worktree", "add", "--detach", "--quiet", str(where), commit)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(where, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile, so that a killed check still removes its worktree."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave it be
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def probe(tree: Tree, action: str, *options: str) -> tuple[dict, float]:
+    """Run head's probe in a fresh process on `tree`: (its JSON, other processes' share of the CPUs)."""
+    env = {**os.environ, "PYTHONPATH": str(tree.path)}
+    cmd = [sys.executable, str(PROBE), action, str(tree.artifacts), *options]
+    with Contention() as busy:
+        done = subprocess.run(
+            cmd, cwd=tree.path, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
+        )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise UserError(f"the probe failed on {tree.side} ({tree.label}) in {action}: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), busy.share or 0.0
+
+
+def build(trees: list[Tree]) -> None:
+    """Each tree's artifacts, made by its own exporters, the trees side by side (nothing is timed yet)."""
+    with contextlib.ExitStack() as stack:
+        running = []
+        for tree in trees:
+            env = {**os.environ, "PYTHONPATH": str(tree.path)}
+            cmd = [sys.executable, str(PROBE), "build", str(tree.artifacts)]
+            log = stack.enter_context(tempfile.TemporaryFile("w+"))
+            proc = subprocess.Popen(cmd, cwd=tree.path, env=env, stdout=log, stderr=log, text=True)
+            stack.callback(_end, proc)
+            running.append((tree, proc, log))
+        for tree, proc, log in running:
+            if proc.wait(timeout=PROBE_TIMEOUT_S) != 0:
+                log.seek(0)
+                last = (log.read().strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+                raise UserError(f"building the exports of {tree.side} ({tree.label}) failed: {last}")
+
+
+def _end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def changes(base: Tree, head: Tree, threshold: float) -> list[Change]:
+    """Every watched figure's change head/base over the rounds' pairs, with its interval and verdict."""
+    found = []
+    for name in sorted(set(base.values) | set(head.values) | set(base.errors) | set(head.errors)):
+        unit = "images/s" if name.startswith("training/") else "s"
+        b, h = base.values.get(name, []), head.values.get(name, [])
+        if name in head.errors or (any(b) and not any(h)):
+            why = head.errors.get(name, "not measured")
+            found.append(Change(name, unit, _median(b), None, None, None, "missing", 0, f"head: {why}"))
+            continue
+        if not any(b):
+            why = base.errors.get(name, "not measured")
+            found.append(Change(name, unit, None, _median(h), None, None, "new", 0, f"base: {why}"))
+            continue
+        pairs = [(x, y) for x, y in zip(b, h, strict=False) if x and y]
+        # the change of a speed: base time / head time, or head rate / base rate
+        ratios = [x / y if unit == "s" else y / x for x, y in pairs]
+        ci = stats.ratio_ci(ratios)
+        change = _median(ratios)
+        found.append(
+            Change(name, unit, _median(b), _median(h), change, ci, stats.decide(ci, threshold), len(ratios))
+        )
+    return found
+
+
+def _median(values: list) -> float | None:
+    kept = [v for v in values if v]  # a round that failed left a None
+    return statistics.median(kept) if kept else None
+
+
+def rounds(
+    base: Tree,
+    head: Tree,
+    threads: int,
+    threshold: float,
+    inject: dict[str, float],
+    limits: tuple[int, int, float],
+) -> tuple[list[Change], dict]:
+    """Interleaved rounds until every figure is decided (or the limits): the changes and how it went."""
+    least, most, cap = limits
+    start, shares = time.monotonic(), []
+    done = 0
+    for i in range(most):
+        order = (base, head) if i % 2 == 0 else (head, base)
+        for tree in order:
+            options = ["--threads", str(threads), "--inject", str(inject.get(tree.side, 0.0))]
+            found, share = probe(tree, "measure", *options)
+            shares.append(share)
+            for name, figure in found["figures"].items():
+                if "error" in figure:
+                    tree.errors[name] = figure["error"]
+                # one entry per round (None for a failed one), so that base's and head's rounds pair up
+                tree.values.setdefault(name, [None] * i).append(figure.get("value"))
+        done = i + 1
+        result = changes(base, head, threshold)
+        out.print(f"round {done}: {_summary(result)}", highlight=False)
+        if done >= least and not any(c.verdict in stats.OPEN for c in result):
+            break
+        if time.monotonic() - start > cap and done >= least:  # never without an interval
+            break
+    how = {"rounds": done, "seconds": time.monotonic() - start, "threads": threads}
+    how["contention"] = [min(shares), max(shares)] if shares else None
+    return changes(base, head, threshold), how
+
+
+def _summary(result: list[Change]) -> str:
+    return ", ".join(f"{n} {v}" for v, n in sorted(Counter(c.verdict for c in result).items()))
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "images/s":
+        return f"{value:,.0f}/s"
+    return f"{value * 1e6:.1f} µs" if value < 1e-3 else f"{value * 1e3:.2f} ms"
+
+
+def fmt_ci(ci) -> str:
+    return "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
+VERDICT_WORDS = {
+    stats.REGRESSED: "REGRESSED",
+    stats.OK: "ok",
+    stats.SLOWER: "slower",
+    stats.UNDECIDED: "undecided",
+    "missing": "MISSING",
+    "new": "new",
+}
+
+
+def failed(result: list[Change]) -> list[Change]:
+    return [c for c in result if c.verdict in (stats.REGRESSED, "missing")]
+
+
+def markdown(result: list[Change], how: dict, base: Tree, head: Tree, floors: str, verdict: str) -> str:
+    """The verdict for a CI job summary: one table of changes with their intervals."""
+    lines = [
+        f"### mnist-zoo benchmark check: {verdict}",
+        "",
+        f"head `{head.label}` against base `{base.label}`, on one machine, {how['rounds']} rounds of fresh "
+        f"processes alternating base and head; {how['threads']} thread(s); a figure regressed when the whole 95% "
+        f"interval of its change lies below {1 - how['threshold']:.2f}.",
+        "",
+        "| figure | base | head | head/base speed | 95% interval | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for c in result:
+        change = "-" if c.change is None else f"{c.change:.3f}"
+        word = VERDICT_WORDS[c.verdict] + (f" ({c.note})" if c.note else "")
+        lines.append(
+            f"| {c.name} | {fmt_value(c.base, c.unit)} | {fmt_value(c.head, c.unit)} | {change} | {fmt_ci(c.ci)} | {word} |"
+        )
+    lines += ["", floors, ""]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> tuple[list[Change], dict, Tree, Tree]:
+    """Measure head (this working tree) against args.against: (changes, how it went, base, head)."""
+    commit = resolve(args.against)
+    head_commit = git("rev-parse", "--short", "HEAD")
+    dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    inject = {args.inject_into: args.inject_slowdown} if args.inject_slowdown else {}
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="mnist-zoo-against-") as tmp:
+        tmp = Path(tmp)
+        with checked_out(commit, tmp / "base") as where:
+            base = Tree("base", where, f"{args.against} {commit[:8]}", tmp / "base-artifacts")
+            head = Tree("head", ROOT, f"HEAD {head_commit}{dirty}", tmp / "head-artifacts")
+            t0 = time.monotonic()
+            out.print(f"building the exports of base ({base.label}) and head ({head.label})", highlight=False)
+            build([base, head])
+            out.print(
+                f"built in {time.monotonic() - t0:.0f} s; measuring, base and head alternating",
+                highlight=False,
+            )
+            limits = (args.min_rounds, args.max_rounds, args.rounds_cap)
+            result, how = rounds(base, head, args.threads, args.threshold, inject, limits)
+    how.update(threshold=args.threshold, injected=inject)
+    return result, how, base, head
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--against", metavar="REF", help="measure this tree against a git ref on this machine")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=CHECK_THRESHOLD,
+        help=f"with --against: the slowdown that fails (default: {CHECK_THRESHOLD:.0%}%)",
+    )
+    p.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also write the verdict as Markdown (CI summary)"
+    )
+    p.add_argument("--min-rounds", type=int, default=MIN_ROUNDS, help=argparse.SUPPRESS)
+    p.add_argument("--max-rounds", type=int, default=MAX_ROUNDS, help=argparse.SUPPRESS)
+    p.add_argument("--rounds-cap", type=float, default=ROUNDS_CAP_S, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--inject-slowdown",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="calibration only: lengthen each timed call of one side by F of its time (bench/calibrate.py)",
+    )
+    p.add_argument(
+        "--inject-into", choices=("base", "head"), default="head", help="the side --inject-slowdown slows"
+    )
+    p.add_argument("--speed-only", action="store_true", help="with --against: skip the floors' quick run")

@@ -1,0 +1,275 @@
+"""`python -m bench check --against REF` (bench/against.py) with a stand-in probe: the interleaving, the verdicts
+and exit codes, the worktree's removal whatever happens; the probe's injected slowdown; the tables at 100
+columns. The real probe runs in `python -m bench check --against` itself (docs/regression-check.md).
+
+pytest tests/test_bench_check.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_bench import (  # the rows of tests/test_bench.py (tests/ is on sys.path)
+    doc_of,
+    inference,
+    row,
+    run_rows,
+)
+
+from bench import against, probe, stats
+from bench.__main__ import main as bench_main
+from bench.conftest import DEFAULT_COLUMNS, OUR_COLUMNS, narrow_columns
+from bench.results import derive
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = {"latency/lenet/ort-fp32/b1": ("s", 25e-6), "training/lenet": ("images/s", 6000.0)}
+
+
+def worktrees() -> str:
+    return subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def fake_probe(monkeypatch):
+    """Replace the probe's processes: each call gives every figure with 1% noise, head slowed by `slowdown`;
+    the calls are recorded in order (side, injected slowdown)."""
+    calls: list[tuple[str, float]] = []
+    setting = {"slowdown": 0.0, "noise": 0.01, "fail_at": None}
+    rng = np.random.default_rng(0)
+
+    def probe_(tree, action, *options):
+        calls.append((tree.side, float(options[options.index("--inject") + 1])))
+        if setting["fail_at"] == len(calls):
+            raise KeyboardInterrupt
+        slower = 1 + (setting["slowdown"] if tree.side == "head" else 0.0)
+        figures = {}
+        for name, (unit, value) in FIGURES.items():
+            noisy = value * rng.lognormal(0, setting["noise"])
+            figures[name] = {"value": noisy * slower if unit == "s" else noisy / slower, "unit": unit}
+        return {"figures": figures, "threads": 1}, 0.02
+
+    monkeypatch.setattr(against, "probe", probe_)
+    monkeypatch.setattr(against, "build", lambda trees: None)
+    return calls, setting
+
+
+def test_against_interleaves_and_flags_a_slowdown(fake_probe, tmp_path, capsys):
+    calls, setting = fake_probe
+    setting["slowdown"] = 0.20
+    verdict = tmp_path / "verdict.md"
+    code = bench_main(["check", "--against", "HEAD", "--speed-only", "--markdown", str(verdict)])
+    assert code == 1
+    # base, head, then head, base: each pair's order flips
+    assert [side for side, _ in calls[:4]] == ["base", "head", "head", "base"] and len(calls) % 2 == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("error: regressed: latency/lenet/ort-fp32/b1 0.83") and err.count("\n") == 1
+    assert "training/lenet" in err and "REGRESSED" in out
+    text = verdict.read_text()
+    assert text.startswith("### mnist-zoo benchmark check: regressed")
+    row = next(line for line in text.splitlines() if line.startswith("| latency/lenet/ort-fp32/b1 |"))
+    assert row.endswith("| REGRESSED |") and re.search(r"\| 2\d\.\d µs \| 29\.\d µs \| 0\.8\d\d \|", row), row
+    assert "mnist-zoo-against-" not in worktrees()  # the temporary worktree is gone
+
+
+def test_against_itself_passes_and_stops_early(fake_probe, capsys):
+    calls, _ = fake_probe
+    assert bench_main(["check", "--against", "HEAD", "--speed-only"]) == 0
+    assert len(calls) == 2 * against.MIN_ROUNDS  # every figure decided at the first look
+    assert "ok: no watched figure slower than 5%" in capsys.readouterr().out
+
+
+def test_a_noisy_machine_is_undecided_not_a_regression(fake_probe, capsys):
+    _, setting = fake_probe
+    setting["noise"] = 0.2  # +-20% from one process to the next: no interval narrows enough
+    assert bench_main(["check", "--against", "HEAD", "--speed-only", "--max-rounds", "7"]) == 75
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: machine busy: 2 figure(s) undecided after 7 rounds") and err.count("\n") == 1
+    )
+
+
+def test_injected_slowdown_goes_to_one_side(fake_probe):
+    calls, _ = fake_probe
+    bench_main(
+        ["check", "--against", "HEAD", "--speed-only", "--inject-slowdown", "0.1", "--inject-into", "base"]
+    )
+    assert {s for side, s in calls if side == "base"} == {0.1} and {
+        s for side, s in calls if side == "head"
+    } == {0.0}
+
+
+def test_an_interrupted_check_removes_its_worktree(fake_probe, capsys):
+    _, setting = fake_probe
+    setting["fail_at"] = 3
+    assert bench_main(["check", "--against", "HEAD", "--speed-only"]) == 130
+    assert "mnist-zoo-against-" not in worktrees()
+    assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+def test_an_unknown_ref_is_one_line(capsys):
+    assert bench_main(["check", "--against", "no-such-branch-xyz", "--speed-only"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown git ref 'no-such-branch-xyz'") and err.count("\n") == 1
+    assert bench_main(["check", "--against", "HEAD", "--threshold", "1.5"]) == 1
+    assert "--threshold" in capsys.readouterr().err
+
+
+def test_check_help_shows_against(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench_main(["check", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "python -m bench check --against main" in text and "--markdown FILE" in text
+
+
+def test_changes_name_missing_and_new_figures():
+    base = against.Tree("base", ROOT, "base", values={"a": [1.0] * 6, "b": [1.0] * 6}, errors={})
+    head = against.Tree("head", ROOT, "head", values={"a": [1.0] * 6, "c": [1.0] * 6}, errors={"b": "boom"})
+    found = {c.name: c for c in against.changes(base, head, 0.05)}
+    assert found["a"].verdict == stats.OK and found["a"].ci == (1.0, 1.0)
+    assert found["b"].verdict == "missing" and "boom" in found["b"].note
+    assert found["c"].verdict == "new"
+    assert [c.name for c in against.failed(list(found.values()))] == ["b"]
+
+
+def test_probe_injection_lengthens_each_call_by_its_fraction():
+    def work():  # about 200 µs of computation
+        end = time.perf_counter() + 2e-4
+        while time.perf_counter() < end:
+            pass
+
+    plain, slowed = [], []
+    for _ in range(5):  # interleaved, so that a busy moment hits both alike
+        probe._calls(work, 0.02, 0.0, plain)
+        probe._calls(work, 0.02, 0.10, slowed)
+    assert statistics.median(slowed) / statistics.median(plain) == pytest.approx(1.10, abs=0.03)
+
+
+def test_pytest_benchmark_columns_are_narrowed_on_4x_and_5x():
+    assert narrow_columns(None) == OUR_COLUMNS  # 5.x: the option's default is None
+    assert narrow_columns(list(DEFAULT_COLUMNS)) == OUR_COLUMNS  # 4.x: the full list
+    assert narrow_columns(["min", "max"]) == ["min", "max"]  # asked for: kept
+
+
+def test_inference_rows_at_100_columns_piped(tmp_path):
+    """A real quick row through pytest, piped at COLUMNS=100: intervals in the JSON and the table, no cell cut,
+    the installed pytest-benchmark's table narrowed, a progress line."""
+    results = tmp_path / "run.json"
+    cmd = [sys.executable, "-m", "pytest", "bench/test_inference.py", "-k", "lenet and ort-fp32 and b1-"]
+    cmd += ["--benchmark-only", "--bench-quick", "--bench-threads", "1", "--bench-device", "cpu"]
+    cmd += [f"--benchmark-json={results}", "-p", "no:cacheprovider"]
+    env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    text = done.stdout
+    assert "…" not in text
+    assert re.search(r"^Name \(time in \w+\)\s+Median\s+IQR\s+OPS( \(\w+/s\))?\s+Rounds\s*$", text, re.M), (
+        text
+    )
+    assert re.search(r"^\[bench\] inference lenet done; 1 of 1 benchmarks in \d+ s$", text, re.M), text
+    summary = text.split("mnist-zoo benchmark summary")[1]
+    assert max(len(line) for line in summary.splitlines()) <= 100
+    row = json.loads(results.read_text())["benchmarks"][0]["extra_info"]
+    low, high = row["p50_ci_s"]
+    assert low <= row["p50_s"] <= high and row["stopped"] in ("precise", "time cap")
+    assert row["speedup_paired_ci"][0] <= row["speedup_paired"] <= row["speedup_paired_ci"][1]
+    ort = next(line for line in summary.split("Inference: lenet")[1].splitlines() if "ORT fp32" in line)
+    assert re.search(r"\d+ µs ±\d+(\.\d)?%", ort) and re.search(r"\d\.\d\dx ±\d+(\.\d)?%", ort), ort
+
+
+def test_threads_png_only_from_a_sweep(tmp_path):
+    pytest.importorskip("matplotlib")
+    from test_bench import (
+        run_rows,
+    )  # tests/ is on sys.path: pytest's rootdir-relative imports
+
+    from bench import plot
+
+    results = tmp_path / "run.json"
+    results.write_text(json.dumps(doc_of(run_rows())))  # every row at 2 threads
+    notes: list[str] = []
+    written = plot.plot_run(results, tmp_path / "out", notes)
+    assert [p.name for p in written] == ["latency.png"]
+    assert notes[0].startswith("threads.png not drawn: every row ran at 2 thread(s); a sweep draws it")
+    results.write_text(json.dumps(doc_of([*run_rows(), inference("lenet", "eager", 1, 3e-4, threads=1)])))
+    assert "threads.png" in [p.name for p in plot.plot_run(results, tmp_path / "out", [])]
+
+
+def test_peer_ratio_only_for_lenet():
+
+    peer = row("peer", "bench/test_training.py::test_peer_recipe", model="peer", threads=2, contention=0.01)
+    peer.update(train_seconds=20.0, images_per_second=3000.0, accuracy=0.99)
+    mlp = row("time-to-accuracy", "bench/test_training.py::test_time_to_accuracy[mlp-cpu]", model="mlp")
+    mlp.update(target=0.92, reached=True, seconds_to_target=2.0, contention=0.01)
+    rows = derive([*run_rows(), peer, mlp])
+    assert mlp.get("vs_peer") is None
+    assert (
+        next(r for r in rows if r["kind"] == "time-to-accuracy" and r["model"] == "lenet")["vs_peer"] == 1.25
+    )
+
+
+def test_the_baseline_check_says_its_ratios_are_coarse(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(doc_of(run_rows())))
+    baseline = str(tmp_path / "baseline.json")
+    assert bench_main(["check", "--results", str(good), "--baseline", baseline, "--update-baseline"]) == 0
+    capsys.readouterr()
+    assert bench_main(["check", "--results", str(good), "--baseline", baseline]) == 0
+    out = capsys.readouterr().out
+    assert "measured on another machine" in out and "--against main" in out
+
+
+def test_sigterm_ends_a_real_check_and_removes_its_worktree():
+    """A real `python -m bench check --against HEAD`, terminated while it builds the exports: exit 130, one
+    line, no worktree or temporary folder left behind, no probe process left running."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "bench", "check", "--against", "HEAD", "--speed-only"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("building the exports of base"), first
+        time.sleep(1.0)
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip() == "error: interrupted"
+    assert "mnist-zoo-against-" not in worktrees()
+    left = subprocess.run(["pgrep", "-f", f"{ROOT}/bench/probe.py build"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_calibration_replays_checks_from_measured_rounds(tmp_path, capsys):
+    from bench import calibrate
+
+    rng = np.random.default_rng(0)
+    rounds = 12
+    pairs = {
+        "latency/lenet/ort-fp32/b1": [list(25e-6 * rng.lognormal(0, 0.01, rounds)) for _ in "bh"],
+        "training/lenet": [list(6000 * rng.lognormal(0, 0.01, rounds)) for _ in "bh"],
+    }
+    run = {
+        "slowdown": 0.0,
+        "verdicts": {},
+        "rounds": rounds,
+        "seconds": 1.0,
+        "contention": [0, 0],
+        "pairs": pairs,
+    }
+    saved = tmp_path / "calibration.json"
+    saved.write_text(json.dumps({"runs": [run]}))
+    assert calibrate.main(["--replay", str(saved), "--aa", "50", "--slowdowns", "0.2:50"]) == 0
+    table = capsys.readouterr().out
+    assert "| none (A/A) | 50 | 0 | 0/100 |" in table  # 1% noise: no false alarm
+    assert "| 20% | 50 | 50 | 100/100 |" in table  # and every 20% slowdown found
+    assert calibrate.main(["--replay", str(tmp_path / "nope.json")]) == 1
