@@ -13,9 +13,6 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_WORDS = 2_500
 # [text](target) and ![alt](target); the target ends at whitespace or the closing parenthesis.
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)[^)]*\)")
-# Pages that another change in flight writes (the regression check's own page); until it lands, a link to it
-# is allowed to dangle. Remove a name here once its file exists.
-WRITTEN_ELSEWHERE = {"docs/regression-check.md"}
 
 
 def _links(page: Path) -> list[str]:
@@ -30,9 +27,7 @@ def test_relative_links_point_at_files(page):
         if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
             continue  # a URL (https:, mailto:) or an anchor on the same page
         path = (page.parent / target.split("#")[0]).resolve()
-        if not path.exists() and not (
-            path.is_relative_to(ROOT) and f"{path.relative_to(ROOT)}" in WRITTEN_ELSEWHERE
-        ):
+        if not path.exists():
             broken.append(target)
     assert not broken, f"{page.name}: links to missing files: {broken}"
 
