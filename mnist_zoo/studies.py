@@ -14,7 +14,7 @@ retrains), so Ctrl-C loses only the run in progress. With --ray, the runs left t
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +27,7 @@ from mnist_zoo.output import draw, interval, mean_std, print_files, printed_json
 from mnist_zoo.progress import Progress
 from mnist_zoo.recipes import Recipe, recipe_for, steps_for, write_recipe_file
 from mnist_zoo.runs import Executor, RunStore, Sequential, report_dir, run_jobs, stratified_subset
+from mnist_zoo.schema import read_json
 from mnist_zoo.settings import Settings
 from mnist_zoo.util import UserError, check_output_dir, environment, err, out
 
@@ -81,8 +82,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
             subset=subset,
         )
     except KeyboardInterrupt:
-        if summary_path.is_file():
-            done = json.loads(summary_path.read_text()).get("folds_done", 0)
+        summary = {
+            "type": "object",
+            "required": ["folds_done"],
+            "properties": {"folds_done": {"type": "integer"}},
+        }
+        with contextlib.suppress(UserError):  # no summary yet, or not ours: nothing to say
+            done = read_json(summary_path, summary)["folds_done"]
             err.print(f"{done} finished fold(s) saved in {summary_path}; the same command again resumes")
         raise
     _note_reused(store)
