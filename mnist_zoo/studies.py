@@ -263,15 +263,16 @@ def cmd_sweep(args: argparse.Namespace, prog: str) -> int:
     cluster.import_ray("sweep")  # first: without Ray, nothing of a sweep can run
     base = recipe_for(args.model, args.recipe, epochs=args.epochs)
     grid = sweep.parse_grid(args.grid)
-    configurations = sweep.configurations(base, grid)  # every combination checked before any work
+    sweep.configurations(base, grid)  # every combination checked before any work
     if not 1 <= args.seeds <= compare.MAX_SEEDS:
         raise UserError(f"--seeds must be between 1 and {compare.MAX_SEEDS}, got {args.seeds}")
+    runs_per_config = args.seeds * (args.folds or 1)
+    trials = sweep.check_trials(grid, runs_per_config)
     folder = _reports(args.report_dir)
     best_path = Path(args.out) if args.out else folder / f"sweep-{args.model}-best.json"
     check_output_dir(best_path.parent, f"--out {best_path}", parents=True)
     split, subset = _training_data(args.data_dir, args.train_size)
     crossval.stratified_folds(split.labels, sweep.VALIDATION_FOLDS if args.folds is None else args.folds)
-    runs_per_config = args.seeds * (args.folds or 1)
     if args.scheduler == "asha" and runs_per_config > 1:
         raise UserError(
             f"--scheduler asha stops single trials, and each of the {runs_per_config} folds or seeds of a "
@@ -279,7 +280,6 @@ def cmd_sweep(args: argparse.Namespace, prog: str) -> int:
         )
     scheduler = args.scheduler or ("asha" if runs_per_config == 1 else "fifo")
     settings = Settings.resolve(args, ray=args.ray or cluster.LOCAL)  # a sweep always runs on Ray
-    trials = len(configurations) * runs_per_config
     err.print(
         f"sweep {args.model}: {trials} trial(s) on Ray, {settings.threads} thread(s) each, scheduler {scheduler}"
     )

@@ -7,9 +7,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,20 @@ def test_a_full_disk_under_evaluate_seeds_is_one_line(small_disk, capsys):
     assert code == 74 and err.startswith("error: cannot write ") and err.count("\n") == 1, err
     assert "No space left on device" in err
     assert [p.relative_to(reports) for p in reports.rglob("*") if p.is_file()] == []  # no partial file
+
+
+def test_ray_with_nothing_listening_is_one_line_at_once(tmp_path, capsys):
+    pytest.importorskip("ray", reason="needs the ray extra: pip install 'mnist-zoo[ray]' (tox -e ray)")
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        argv = ["evaluate", "mlp", "--seeds", "1", "--epochs", "1", "--train-size", "100", "--no-progress"]
+        start = time.monotonic()
+        assert main([*argv, "--report-dir", str(tmp_path), "--ray", address]) == 1
+        err = capsys.readouterr().err
+        assert (
+            err
+            == f"error: cannot reach Ray at {address}: nothing answers at 127.0.0.1:{port} (Connection refused)\n"
+        )
+        assert time.monotonic() - start < 30  # Ray itself retried for minutes

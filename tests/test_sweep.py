@@ -62,3 +62,26 @@ def test_asha_is_refused_where_it_would_compare_single_folds(tmp_path, capsys):
     argv = ["sweep", "mlp", "--grid", "lr=0.05,0.1", "--folds", "2", "--scheduler", "asha"]
     assert main([*argv, "--report-dir", str(tmp_path)]) == 1
     assert "use fifo" in capsys.readouterr().err  # before any Ray starts or any run trains
+
+
+def test_a_grid_is_capped_before_it_is_built():
+    grid = {"lr": [0.01 * i for i in range(1, 101)], "batch_size": list(range(1, 101)), "epochs": [1, 2, 3]}
+    message = (
+        r"--grid asks for 30,000 trials \(100 lr x 100 batch_size x 3 epochs\); a sweep runs at most 1,000"
+    )
+    with pytest.raises(UserError, match=message):
+        sweep.configurations(recipe_for("mlp"), grid)
+    assert sweep.check_trials({"lr": [0.1, 0.2]}, runs_per_config=500) == 1_000
+    with pytest.raises(UserError, match=r"1,002 trials \(2 lr x 501 seeds and folds\)"):
+        sweep.check_trials({"lr": [0.1, 0.2]}, runs_per_config=501)
+
+
+def test_a_huge_grid_is_one_line_from_the_command_line(capsys):
+    pytest.importorskip("ray", reason="needs the ray extra: pip install 'mnist-zoo[ray]' (tox -e ray)")
+    values = ",".join(str(i) for i in range(1, 2_001))
+    assert main(["sweep", "mlp", "--grid", f"batch-size={values}", "--grid", "epochs=1,2,3"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == "error: --grid asks for 6,000 trials (2000 batch_size x 3 epochs); a sweep runs at most 1,000\n"
+    )
