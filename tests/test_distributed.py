@@ -42,3 +42,19 @@ def test_two_processes_train_shards_of_the_same_batches(tmp_path, capsys):
 def test_lenet_on_two_processes_reaches_its_floor(tmp_path):
     record = _torchrun(tmp_path, "lenet", "--epochs", "2")
     assert record["test_accuracy"] >= 0.985, record["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "mlp"], "evaluate does not run under torchrun, only `train MODEL` does"),
+        (["train", "mlp", "--streams", "2"], "under torchrun, run `train MODEL` without --streams"),
+    ],
+)
+def test_torchrun_misuse_is_said_once(tmp_path, argv, message):
+    """Rank 0 alone says what is wrong (torchrun's own failure report follows: it is torchrun's)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = subprocess.run([*command, "-m", "mnist_zoo", *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
