@@ -103,8 +103,8 @@ def describe(error: jsonschema.ValidationError) -> str:
         return f"{where} lacks {', '.join(missing)}"
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        return f"{where} has unknown field(s) {', '.join(extra)[:120]}"
-    return f"{where}: {error.message[:120]}"
+        return f"{where} has unknown field(s) {', '.join(k if k.isprintable() else repr(k) for k in extra)[:120]}"
+    return f"{where}: {' '.join(error.message.split())[:120]}"
 
 
 def field_path(parts: Iterable[str | int]) -> str:
