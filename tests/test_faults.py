@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mnist_zoo.cli import main
-from mnist_zoo.util import EXIT_IO
+from mnist_zoo.util import EXIT_IO, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,3 +153,20 @@ def test_ray_with_nothing_listening_is_one_line_at_once(tmp_path, capsys):
             == f"error: cannot reach Ray at {address}: nothing answers at 127.0.0.1:{port} (Connection refused)\n"
         )
         assert time.monotonic() - start < 30  # Ray itself retried for minutes
+
+
+def test_a_ray_address_that_does_not_answer_is_one_line(monkeypatch):
+    from mnist_zoo import cluster
+
+    def silent(address, timeout):  # what a host that drops packets does, without waiting for it
+        assert timeout == cluster.PROBE_S
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    with pytest.raises(
+        UserError, match=r"^cannot reach Ray at ray://head:10001: nothing answers at head:10001 \(no"
+    ):
+        cluster.probe("ray://head:10001")
+    cluster.probe("auto")  # Ray finds it: not probed
+    with pytest.raises(UserError, match="not an address"):
+        cluster.probe("head:99999")
