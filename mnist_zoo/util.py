@@ -58,8 +58,11 @@ class WriteFailed(UserError):
 def write_failed(path: str | Path, e: OSError, start: str = "cannot write") -> UserError:
     """The one-line error of a failed write to `path`: WriteFailed (exit 74) for a full disk or an I/O error,
     a plain UserError (exit 1) for a place the user can fix (permissions, a missing directory)."""
-    kind = WriteFailed if e.errno in _IO_ERRNOS else UserError
-    return kind(f"{start} {path}: {e.strerror or e}")
+    return _error_kind(e)(f"{start} {path}: {e.strerror or e}")
+
+
+def _error_kind(e: OSError) -> type[UserError]:
+    return WriteFailed if e.errno in _IO_ERRNOS else UserError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -145,7 +148,7 @@ def check_output_dir(directory: str | Path, what: str, *, parents: bool = False)
             with tempfile.TemporaryFile(dir=directory):
                 pass
         except OSError as e:
-            raise UserError(f"{what}: cannot write in {directory} ({e.strerror or e})") from None
+            raise _error_kind(e)(f"{what}: cannot write in {directory} ({e.strerror or e})") from None
         return directory
     existing = directory.absolute()
     while not existing.exists() and existing != existing.parent:
@@ -159,7 +162,7 @@ def check_output_dir(directory: str | Path, what: str, *, parents: bool = False)
         directory.mkdir(parents=parents)
         _remove_created(directory, existing)
     except OSError as e:
-        raise UserError(f"{what}: cannot write in {existing} ({e.strerror or e})") from None
+        raise _error_kind(e)(f"{what}: cannot write in {existing} ({e.strerror or e})") from None
     return directory
 
 
