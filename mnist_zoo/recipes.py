@@ -128,6 +128,9 @@ def write_recipe_file(path: Path, model: str, recipe: Recipe, provenance: dict) 
     return write_json(path, {"schema": RECIPE_SCHEMA, "model": model, "recipe": asdict(recipe), **provenance})
 
 
+RECIPE_FILE_BYTES = 1 << 20  # 1 MiB: a recipe file, provenance included, is about 1 KB
+
+
 def recipe_file_schema() -> dict:
     """The JSON Schema of a recipe file; the recipe's part is derived from Recipe's fields, so it cannot drift."""
     recipe = schema_of(Recipe)
@@ -139,7 +142,7 @@ def recipe_file_schema() -> dict:
 def read_recipe_file(path: str | Path, model: str) -> Recipe:
     """The recipe in a file written by sweep (or by hand, the same JSON); one line on any problem (size, nesting,
     a field's type, a setting that cannot train), always before any training."""
-    doc = read_json(path, recipe_file_schema(), what=f"--recipe-file {path}")
+    doc = read_json(path, recipe_file_schema(), what=f"--recipe-file {path}", max_bytes=RECIPE_FILE_BYTES)
     if doc["model"] != model:
         raise UserError(f"--recipe-file {path} is a recipe for {doc['model']!r}, not {model!r}")
     return check(Recipe(**doc["recipe"]), lambda key: f"--recipe-file {path}: {key}")

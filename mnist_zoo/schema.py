@@ -5,9 +5,9 @@
     >>> schema_of(Recipe)   # a dataclass's fields as a JSON Schema, derived from its type hints
 
 Every problem is one UserError line naming the file and, for a schema failure, the field's path, e.g.
-"--recipe-file best.json: recipe.epochs must be integer, got 1.5". The size is capped before anything is read
-and the nesting depth before the text is parsed, so no file can make the reader use unbounded memory or overflow
-Python's parser (RecursionError near 1,000 levels). Validation is `jsonschema`'s, the reference implementation
+"--recipe-file best.json: recipe.epochs must be integer, got 1.5". The size is capped before anything is read,
+and the nesting depth and the number of arrays and objects before the text is parsed, so no file can make the
+reader use more than a few hundred MB or overflow Python's parser (RecursionError near 1,000 levels). Validation is `jsonschema`'s, the reference implementation
 of the standard: its errors carry the path of the failing field, which is what the one line needs.
 """
 
@@ -26,8 +26,11 @@ import numpy as np
 
 from mnist_zoo.util import UserError, first_line
 
-MAX_BYTES = 16 << 20  # 16 MiB: the largest file the zoo writes (a run record with predictions) is ~0.5 MB
+MAX_BYTES = 4 << 20  # 4 MiB: the largest file the zoo writes, a run record with its predictions, is ~30 KB
 MAX_DEPTH = 64  # the zoo's files nest 4 levels deep; anything near Python's recursion limit is not ours
+# Parsed, an empty {} of 3 bytes takes ~200 bytes: 4 MiB of them would be 300 MB (16 MiB measured 1.2 GB). The
+# zoo's files hold a few thousand arrays and objects; a million bounds the parser's memory whatever the text.
+MAX_CONTAINERS = 1_000_000
 
 # "integer" in JSON Schema accepts 1.0; a Python int field must not get a float (range(1.0) fails mid-run).
 _TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
@@ -36,6 +39,7 @@ _TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
 _VALIDATOR = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
 # A JSON string, escapes included (the unrolled form: linear time, no backtracking on long strings).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")  # bytes.translate deletes these, in C
 _PYTHON_TO_JSON = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
 
 
@@ -57,9 +61,11 @@ def read_json(
         raise UserError(f"{what}: {e.strerror or e}") from None
     if len(data) > max_bytes:
         raise UserError(f"{what}: larger than {max_bytes:,} bytes, not a file of ours")
-    depth = nesting_depth(data)
+    depth, containers = _shape(data)
     if depth > max_depth:
         raise UserError(f"{what}: nested {depth} levels deep, more than {max_depth}")
+    if containers > MAX_CONTAINERS:
+        raise UserError(f"{what}: {containers:,} arrays and objects, more than {MAX_CONTAINERS:,}")
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError, MemoryError) as e:  # UnicodeDecodeError and JSONDecodeError included
@@ -79,13 +85,18 @@ def check(doc: object, schema: dict, *, what: str) -> object:
 
 
 def nesting_depth(data: bytes) -> int:
-    """How deep the arrays and objects in a JSON text nest, brackets inside strings not counted; counted on the
-    bytes with numpy, so the cost is linear and small whatever the text."""
-    brackets = np.frombuffer(re.sub(rb"[^\[\]{}]+", b"", _STRING.sub(b"", data)), dtype=np.uint8)
+    """How deep the arrays and objects in a JSON text nest, brackets inside strings not counted."""
+    return _shape(data)[0]
+
+
+def _shape(data: bytes) -> tuple[int, int]:
+    """(nesting depth, number of arrays and objects) of a JSON text, brackets inside strings not counted; counted
+    on the bytes with numpy, so the cost is linear and small whatever the text."""
+    brackets = np.frombuffer(_STRING.sub(b"", data).translate(None, _NOT_BRACKETS), dtype=np.uint8)
     if brackets.size == 0:
-        return 0
+        return 0, 0
     opens = (brackets == ord("[")) | (brackets == ord("{"))
-    return int(np.cumsum(np.where(opens, 1, -1), dtype=np.int64).max())
+    return int(np.cumsum(np.where(opens, 1, -1), dtype=np.int64).max()), int(opens.sum())
 
 
 def describe(error: jsonschema.ValidationError) -> str:

@@ -11,7 +11,7 @@ import pytest
 from mnist_zoo import recipes
 from mnist_zoo.cli import main
 from mnist_zoo.recipes import Recipe, recipe_for
-from mnist_zoo.schema import nesting_depth, read_json, schema_of
+from mnist_zoo.schema import MAX_CONTAINERS, nesting_depth, read_json, schema_of
 from mnist_zoo.util import UserError
 
 
@@ -66,6 +66,9 @@ def test_size_and_nesting_are_capped_before_parsing(tmp_path):
     with pytest.raises(UserError, match=r"^deep.json: nested 100000 levels deep, more than 64$"):
         read_json(deep, what="deep.json")
     assert nesting_depth(b'{"a": ["[[[[\\"{{"], "b": {}}') == 2  # brackets inside strings do not count
+    deep.write_text("[" + ",".join(["{}"] * (MAX_CONTAINERS + 1)) + "]")  # parsed, ~200 bytes each
+    with pytest.raises(UserError, match=r"^deep.json: 1,000,002 arrays and objects, more than 1,000,000$"):
+        read_json(deep, what="deep.json")
     for text, reason in [("", "not JSON"), ("1" * 5000, "not JSON"), ('{"a": 1', "not JSON")]:
         deep.write_text(text)
         with pytest.raises(UserError, match=reason):
