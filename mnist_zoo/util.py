@@ -253,13 +253,14 @@ def environment(device: torch.device | str = "cpu", threads: int | None = None) 
 def guarded(command: Callable[[], int], *, quiet: bool = False) -> int:
     """Run a CLI command: user-fixable errors become one line on stderr and their exit code (1 unless the error
     says otherwise), Ctrl-C exits 130, SIGTERM 143. Signals before this runs (imports) are mnist_zoo.launch's.
-    `quiet`: the error's exit code without its line, for a process whose sibling says it (torchrun's ranks > 0)."""
+    `quiet`: the exit code without the line, for a process whose sibling says it (torchrun's ranks above 0)."""
     try:
         return command()
     except UserError as e:
         return e.exit_code if quiet else fail(str(e), e.exit_code)
     except KeyboardInterrupt as e:  # SIGTERM arrives as its subclass, mnist_zoo.launch.Terminated
-        return fail(*interruption(e))
+        message, code = interruption(e)
+        return code if quiet else fail(message, code)
 
 
 def first_line(e: BaseException) -> str:

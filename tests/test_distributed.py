@@ -5,8 +5,10 @@ to its floor. Needs no extra: torch.distributed is part of torch."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -58,3 +60,25 @@ def test_torchrun_misuse_is_said_once(tmp_path, argv, message):
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+
+
+def test_ctrl_c_under_torchrun_is_said_once(tmp_path):
+    """Ctrl-C in a terminal reaches torchrun and every rank: one `error: interrupted`, not one per rank."""
+    psutil = pytest.importorskip("psutil")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+    command += ["mnist_zoo", "train", "mlp", "--epochs", "5", "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(
+        [*command, "--checkpoint", str(tmp_path / "ddp.pt")], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while len(psutil.Process(proc.pid).children()) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "torchrun started no ranks"
+        time.sleep(0.2)
+    time.sleep(10)  # the ranks are past their imports, training
+    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children()]:
+        p.send_signal(signal.SIGINT)  # what a terminal sends to its foreground processes
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not (tmp_path / "ddp.pt").exists()
+    assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted"], err[
+        -3000:
+    ]
