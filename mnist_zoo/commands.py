@@ -74,7 +74,7 @@ def _fit(names: list[str], args: argparse.Namespace, checkpoint: str | None = No
     for name in names:
         check_checkpoint_path(checkpoint or checkpoint_path(name), name, explicit=checkpoint is not None)
     torchrun = distributed.launched()
-    if torchrun and (args.command != "train" or args.streams not in (None, 1)):
+    if torchrun and args.streams not in (None, 1):
         raise UserError("under torchrun, run `train MODEL` without --streams (each rank trains a shard)")
     train_split, test_split = data.load("train", args.data_dir), data.load("test", args.data_dir)
     settings = Settings.resolve(args, default_threads=distributed.default_threads() if torchrun else None)

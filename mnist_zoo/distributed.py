@@ -27,17 +27,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mnist_zoo import cpu
+from mnist_zoo.launch import is_main as is_main  # rank 0 (or no torchrun) evaluates, prints and saves
 from mnist_zoo.train import OneProcess, ShardGradient
 
 
 def launched() -> bool:
     """Whether this process is one rank of a torchrun launch (torchrun sets RANK and WORLD_SIZE)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def is_main() -> bool:
-    """Rank 0 (or no torchrun at all): the process that evaluates, prints and saves."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def default_threads() -> int:

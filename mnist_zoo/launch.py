@@ -47,6 +47,11 @@ def interruption(e: BaseException | None = None) -> tuple[str, int]:
     return ("terminated", TERMINATED) if terminated else ("interrupted", INTERRUPTED)
 
 
+def is_main() -> bool:
+    """Rank 0 of a torchrun launch, or no torchrun at all: the process that speaks for the run (errors included)."""
+    return os.environ.get("RANK", "0").strip() in ("0", "")
+
+
 def _note_descendants(forward: signal.Signals | None) -> None:
     """Remember every descendant process (and send it `forward`): once a child is killed, its own children
     are re-parented and could no longer be found."""
@@ -109,7 +114,8 @@ def run(cli: str) -> NoReturn:
         if not (isinstance(e, KeyboardInterrupt) or (signalled and not isinstance(e, SystemExit))):
             raise
         message, code = interruption(e)
-        print(f"error: {message}", file=sys.stderr)
+        if is_main():  # under torchrun every rank is interrupted: one says so
+            print(f"error: {message}", file=sys.stderr)
     # The work is done and its output written: a signal during the exit itself must not turn it into a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -30,11 +30,35 @@ import torch
 from mnist_zoo.data import DATA_SHA256, Split
 from mnist_zoo.progress import Progress
 from mnist_zoo.recipes import Recipe, steps_for
+from mnist_zoo.schema import read_json
 from mnist_zoo.train import TrainResult, train
 from mnist_zoo.util import UserError, atomic_write, environment
 
 REPORT_DIR = "reports"  # relative to the working directory; $MNIST_ZOO_REPORTS or --report-dir override it
 RUN_SCHEMA = "mnist-zoo/run/1"
+# What a saved run must hold to be reused: the fields the studies read, with their types.
+_NUMBER = {"type": "number"}
+RECORD_SCHEMA = {
+    "type": "object",
+    "required": [
+        "schema",
+        "key",
+        "seed",
+        "accuracy",
+        "loss",
+        "train_seconds",
+        "images_per_second",
+        "history",
+    ],
+    "properties": {
+        "schema": {"const": RUN_SCHEMA},
+        "key": {"type": "string"},
+        "seed": {"type": "integer"},
+        **dict.fromkeys(("accuracy", "loss", "train_seconds", "images_per_second"), _NUMBER),
+        "history": {"type": "array", "items": {"type": "object"}},
+        "predictions": {"type": "string", "pattern": "^[0-9]*$"},
+    },
+}
 SUBSET_SEED = 0  # --train-size draws the same subset for every model and seed, so they stay comparable
 
 
@@ -139,14 +163,10 @@ class RunStore:
         if self.fresh or not path.is_file():
             return None
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
+            record = read_json(path, RECORD_SCHEMA)
+        except UserError:  # too large, too deep, not JSON, or a field of the wrong type
             return None
-        if (
-            not isinstance(record, dict)
-            or record.get("schema") != RUN_SCHEMA
-            or record.get("key") != self.key(job)
-        ):
+        if record["key"] != self.key(job):
             return None
         self.reused += 1
         return {**record, "reused": True, "run_file": str(path)}

@@ -14,7 +14,7 @@ retrains), so Ctrl-C loses only the run in progress. With --ray, the runs left t
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +27,7 @@ from mnist_zoo.output import draw, interval, mean_std, print_files, printed_json
 from mnist_zoo.progress import Progress
 from mnist_zoo.recipes import Recipe, recipe_for, steps_for, write_recipe_file
 from mnist_zoo.runs import Executor, RunStore, Sequential, report_dir, run_jobs, stratified_subset
+from mnist_zoo.schema import read_json
 from mnist_zoo.settings import Settings
 from mnist_zoo.util import UserError, check_output_dir, environment, err, out
 
@@ -81,8 +82,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
             subset=subset,
         )
     except KeyboardInterrupt:
-        if summary_path.is_file():
-            done = json.loads(summary_path.read_text()).get("folds_done", 0)
+        summary = {
+            "type": "object",
+            "required": ["folds_done"],
+            "properties": {"folds_done": {"type": "integer"}},
+        }
+        with contextlib.suppress(UserError):  # no summary yet, or not ours: nothing to say
+            done = read_json(summary_path, summary)["folds_done"]
             err.print(f"{done} finished fold(s) saved in {summary_path}; the same command again resumes")
         raise
     _note_reused(store)
@@ -257,15 +263,16 @@ def cmd_sweep(args: argparse.Namespace, prog: str) -> int:
     cluster.import_ray("sweep")  # first: without Ray, nothing of a sweep can run
     base = recipe_for(args.model, args.recipe, epochs=args.epochs)
     grid = sweep.parse_grid(args.grid)
-    configurations = sweep.configurations(base, grid)  # every combination checked before any work
+    sweep.configurations(base, grid)  # every combination checked before any work
     if not 1 <= args.seeds <= compare.MAX_SEEDS:
         raise UserError(f"--seeds must be between 1 and {compare.MAX_SEEDS}, got {args.seeds}")
+    runs_per_config = args.seeds * (args.folds or 1)
+    trials = sweep.check_trials(grid, runs_per_config)
     folder = _reports(args.report_dir)
     best_path = Path(args.out) if args.out else folder / f"sweep-{args.model}-best.json"
     check_output_dir(best_path.parent, f"--out {best_path}", parents=True)
     split, subset = _training_data(args.data_dir, args.train_size)
     crossval.stratified_folds(split.labels, sweep.VALIDATION_FOLDS if args.folds is None else args.folds)
-    runs_per_config = args.seeds * (args.folds or 1)
     if args.scheduler == "asha" and runs_per_config > 1:
         raise UserError(
             f"--scheduler asha stops single trials, and each of the {runs_per_config} folds or seeds of a "
@@ -273,7 +280,6 @@ def cmd_sweep(args: argparse.Namespace, prog: str) -> int:
         )
     scheduler = args.scheduler or ("asha" if runs_per_config == 1 else "fifo")
     settings = Settings.resolve(args, ray=args.ray or cluster.LOCAL)  # a sweep always runs on Ray
-    trials = len(configurations) * runs_per_config
     err.print(
         f"sweep {args.model}: {trials} trial(s) on Ray, {settings.threads} thread(s) each, scheduler {scheduler}"
     )

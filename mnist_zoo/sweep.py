@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -40,6 +42,9 @@ GRID_KEYS = {"lr": float, "batch_size": int, "epochs": int, "momentum": float, "
 GRID_KEYS.update(warmup=float)
 VALIDATION_FOLDS = 6  # without --folds: the first of 6 stratified folds (10,000 of 60,000 images) is held out
 SCHEDULERS = ("asha", "fifo")
+# The most trials one sweep may ask for (configurations x seeds x folds): Tune holds every trial in memory, and a
+# grid is a product that grows fast (a mistyped grid of 3,000,000 took 4.2 GB before it trained anything).
+MAX_TRIALS = 1_000
 METRIC = "heldout_accuracy"
 # ASHA: every trial runs at least GRACE epochs; at each rung only the best 1/REDUCTION of the trials seen there
 # go on. 2 rather than Tune's default 4: grids here are small, and 4 would stop all but one in four.
@@ -65,8 +70,23 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
+def check_trials(grid: dict[str, list], runs_per_config: int = 1) -> int:
+    """The number of trials of the grid (configurations x runs_per_config), if at most MAX_TRIALS; counted
+    without building the combinations."""
+    sizes = {key: len(values) for key, values in grid.items()}
+    trials = math.prod(sizes.values()) * runs_per_config
+    if trials > MAX_TRIALS:
+        each = " x ".join(f"{n} {key}" for key, n in sizes.items())
+        runs = f" x {runs_per_config} seeds and folds" if runs_per_config > 1 else ""
+        raise UserError(
+            f"--grid asks for {trials:,} trials ({each}{runs}); a sweep runs at most {MAX_TRIALS:,}"
+        )
+    return trials
+
+
 def configurations(base: Recipe, grid: dict[str, list]) -> list[dict]:
-    """Every combination of the grid's values, each checked as a recipe."""
+    """Every combination of the grid's values (at most MAX_TRIALS), each checked as a recipe."""
+    check_trials(grid)
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     for c in combos:
         check(replace(base, **c), lambda key: f"--grid {key}")
@@ -149,6 +169,9 @@ def run(
             ),
             run_config=tune.RunConfig(name=f"sweep-{model}", storage_path=str(storage.absolute()), verbose=0),
         )
+        # Ctrl-C must end the sweep as it ends every command (exit 130, Ray shut down), not ask Tune to wind
+        # down and then rank what it had: Tune's own SIGINT handler would do that.
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own tables: stdout is ours (--json)
             results = tuner.fit()
     trials = [_trial_record(results[i], base) for i in range(len(results))]

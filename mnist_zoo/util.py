@@ -4,6 +4,7 @@ every entry point."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,10 +37,32 @@ STALE_TMP_S = 3600
 _OUR_TMP = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp")
 
 
+EXIT_IO = 74  # sysexits.h EX_IOERR: a write failed (a full disk, a quota, an I/O error)
+# Errors of the place, not of the path the user gave: exit EXIT_IO even where the directory was still being set up.
+_IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+
+
 class UserError(RuntimeError):
     """A problem the user can fix (bad name, bad file, bad option): printed as one line, exit code 1."""
 
     exit_code = 1
+
+
+class WriteFailed(UserError):
+    """A file could not be written (e.g. the disk is full): one line, exit 74; the previous file is unchanged
+    and no partial file is left."""
+
+    exit_code = EXIT_IO
+
+
+def write_failed(path: str | Path, e: OSError, start: str = "cannot write") -> UserError:
+    """The one-line error of a failed write to `path`: WriteFailed (exit 74) for a full disk or an I/O error,
+    a plain UserError (exit 1) for a place the user can fix (permissions, a missing directory)."""
+    return _error_kind(e)(f"{start} {path}: {e.strerror or e}")
+
+
+def _error_kind(e: OSError) -> type[UserError]:
+    return WriteFailed if e.errno in _IO_ERRNOS else UserError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -51,13 +74,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create directory {path.parent}: {e.strerror or e}") from None
+        raise write_failed(path.parent, e, "cannot create directory") from None
     remove_stale_temps(path.parent)
     try:
         prefix = f".{path.name}.{os.getpid()}."
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+        raise write_failed(path.parent, e, "cannot write to") from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -65,6 +88,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # the disk filled up, a quota, an I/O error: the old file stays, the new one goes
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteFailed(
+            f"cannot write {path}: {e.strerror or e}; the previous file, if any, is unchanged"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -120,7 +148,7 @@ def check_output_dir(directory: str | Path, what: str, *, parents: bool = False)
             with tempfile.TemporaryFile(dir=directory):
                 pass
         except OSError as e:
-            raise UserError(f"{what}: cannot write in {directory} ({e.strerror or e})") from None
+            raise _error_kind(e)(f"{what}: cannot write in {directory} ({e.strerror or e})") from None
         return directory
     existing = directory.absolute()
     while not existing.exists() and existing != existing.parent:
@@ -134,7 +162,7 @@ def check_output_dir(directory: str | Path, what: str, *, parents: bool = False)
         directory.mkdir(parents=parents)
         _remove_created(directory, existing)
     except OSError as e:
-        raise UserError(f"{what}: cannot write in {existing} ({e.strerror or e})") from None
+        raise _error_kind(e)(f"{what}: cannot write in {existing} ({e.strerror or e})") from None
     return directory
 
 
@@ -222,15 +250,17 @@ def environment(device: torch.device | str = "cpu", threads: int | None = None) 
     }
 
 
-def guarded(command: Callable[[], int]) -> int:
+def guarded(command: Callable[[], int], *, quiet: bool = False) -> int:
     """Run a CLI command: user-fixable errors become one line on stderr and their exit code (1 unless the error
-    says otherwise), Ctrl-C exits 130, SIGTERM 143. Signals before this runs (imports) are mnist_zoo.launch's."""
+    says otherwise), Ctrl-C exits 130, SIGTERM 143. Signals before this runs (imports) are mnist_zoo.launch's.
+    `quiet`: the exit code without the line, for a process whose sibling says it (torchrun's ranks above 0)."""
     try:
         return command()
     except UserError as e:
-        return fail(str(e), e.exit_code)
+        return e.exit_code if quiet else fail(str(e), e.exit_code)
     except KeyboardInterrupt as e:  # SIGTERM arrives as its subclass, mnist_zoo.launch.Terminated
-        return fail(*interruption(e))
+        message, code = interruption(e)
+        return code if quiet else fail(message, code)
 
 
 def first_line(e: BaseException) -> str:

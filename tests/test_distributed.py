@@ -5,8 +5,10 @@ to its floor. Needs no extra: torch.distributed is part of torch."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -42,3 +44,41 @@ def test_two_processes_train_shards_of_the_same_batches(tmp_path, capsys):
 def test_lenet_on_two_processes_reaches_its_floor(tmp_path):
     record = _torchrun(tmp_path, "lenet", "--epochs", "2")
     assert record["test_accuracy"] >= 0.985, record["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "mlp"], "evaluate does not run under torchrun, only `train MODEL` does"),
+        (["train", "mlp", "--streams", "2"], "under torchrun, run `train MODEL` without --streams"),
+    ],
+)
+def test_torchrun_misuse_is_said_once(tmp_path, argv, message):
+    """Rank 0 alone says what is wrong (torchrun's own failure report follows: it is torchrun's)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = subprocess.run([*command, "-m", "mnist_zoo", *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+
+
+def test_ctrl_c_under_torchrun_is_said_once(tmp_path):
+    """Ctrl-C in a terminal reaches torchrun and every rank: one `error: interrupted`, not one per rank."""
+    psutil = pytest.importorskip("psutil")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+    command += ["mnist_zoo", "train", "mlp", "--epochs", "5", "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(
+        [*command, "--checkpoint", str(tmp_path / "ddp.pt")], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while len(psutil.Process(proc.pid).children()) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "torchrun started no ranks"
+        time.sleep(0.2)
+    time.sleep(10)  # the ranks are past their imports, training
+    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children()]:
+        p.send_signal(signal.SIGINT)  # what a terminal sends to its foreground processes
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not (tmp_path / "ddp.pt").exists()
+    assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted"], err[
+        -3000:
+    ]

@@ -19,12 +19,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -35,9 +37,10 @@ from PIL import Image
 
 from export import cli as export_cli
 from export import integrity, page_server, to_onnx, to_pt2, to_torchscript, verify
-from mnist_zoo import data
+from mnist_zoo import data, recipes
 from mnist_zoo.cli import main
 from mnist_zoo.models import list_models
+from mnist_zoo.recipes import Recipe, recipe_for
 from mnist_zoo.util import UserError, sha256_file
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
@@ -161,6 +164,84 @@ def test_checkpoints(name, draw, small_trained, capsys):
         assert record["model"] in list_models() and 0 <= record["test_accuracy"] <= 1
     else:
         one_line_error(code, captured.err)
+
+
+# --- recipe files ------------------------------------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+# Numbers as text: past what json.dumps writes (4,300 digits is Python's int limit), past a float's range.
+_NUMBER_TEXT = st.one_of(
+    st.integers(1, 6000).map(lambda n: "9" * n),
+    st.sampled_from(["1e999", "-1e400", "NaN", "Infinity", "-0.0", "1.5", "1.0", "0", "-1", "1e-400"]),
+)
+
+
+def _nested(n: int, opener: str) -> str:
+    return (
+        (opener * n) + ("]" if opener == "[" else "}") * n if opener == "[" else '{"a":' * n + "1" + "}" * n
+    )
+
+
+@st.composite
+def recipe_texts(draw: st.DrawFn, good: dict) -> bytes:
+    """A recipe file: the good one with one setting (or the model, the schema, the recipe) replaced by any JSON
+    value or number, an unknown setting, nested deep, any JSON document, or the good file's bytes mutated."""
+    kind = draw(st.sampled_from(["setting", "number", "key", "top", "nested", "document", "mutated"]))
+    doc = json.loads(json.dumps(good))
+    if kind in ("setting", "number"):
+        key = draw(st.sampled_from(sorted(doc["recipe"])))
+        if kind == "number":
+            marker = "@@NUMBER@@"
+            doc["recipe"][key] = marker
+            return json.dumps(doc).replace(f'"{marker}"', draw(_NUMBER_TEXT)).encode()
+        doc["recipe"][key] = draw(_JSON)
+    elif kind == "key":  # an unknown setting, its name any text
+        doc["recipe"][draw(st.text(max_size=12))] = draw(_JSON)
+    elif kind == "top":
+        doc[draw(st.sampled_from(["schema", "model", "recipe", "extra"]))] = draw(_JSON)
+    elif kind == "nested":
+        depth = draw(st.integers(1, 5000))
+        inner = _nested(depth, draw(st.sampled_from(["[", "{"])))
+        doc["recipe"][draw(st.sampled_from(sorted(doc["recipe"])))] = "@@DEEP@@"
+        return json.dumps(doc).replace('"@@DEEP@@"', inner).encode()
+    elif kind == "document":
+        return json.dumps(draw(_JSON)).encode()
+    else:
+        return draw(inputs(json.dumps(good).encode()))
+    return json.dumps(doc).encode()
+
+
+@settings(PROFILE, max_examples=PROFILE.max_examples * 4)  # a case costs a millisecond
+@given(draw=st.data())
+def test_recipe_files(draw, tmp_path_factory):
+    """read_recipe_file, the reader behind `train --recipe-file`: a recipe whose every setting has its type and
+    can train, or one UserError line naming the file; never another exception (RecursionError, TypeError ...)."""
+    good = {"schema": recipes.RECIPE_SCHEMA, "model": "mlp", "recipe": asdict(recipe_for("mlp"))}
+    blob = draw.draw(recipe_texts(good))
+    path = tmp_path_factory.mktemp("recipe") / "best.json"
+    path.write_bytes(blob)
+    with case(path.parent):
+        try:
+            recipe = recipes.read_recipe_file(path, "mlp")
+        except UserError as e:
+            message = str(e)
+            assert message.startswith(f"--recipe-file {path}") and "\n" not in message, message
+            reason = message.removeprefix(f"--recipe-file {path}: ").split(", got")[0]
+            event(f"refused: {re.sub(r'[0-9]+', 'N', reason)[:40]}")
+            return
+    event("read")
+    types = {f.name: f.type for f in fields(Recipe)}
+    for key, value in asdict(recipe).items():
+        wanted = {"str": str, "int": int, "float": (int, float), "bool": bool}[types[key]]
+        assert isinstance(value, wanted) and (types[key] == "bool" or not isinstance(value, bool)), (
+            key,
+            value,
+        )
+    assert recipes.check(recipe) == recipe
 
 
 # --- ONNX files --------------------------------------------------------------------------------------------
