@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mnist_zoo.data import MEAN, STD
+from mnist_zoo.util import UserError
 from mnist_zoo.util import first_line as first_line  # the exporters' one-line errors (export/to_*.py)
 
 INPUT_NAME = "image"
@@ -41,6 +42,17 @@ NOISY_LOGGERS = (
     "onnxscript",
     "onnx_ir",
 )
+
+
+class WriteFailed(UserError):
+    """Writing an artifact or the page failed (a full disk, a quota, an I/O error): one line, exit code 74."""
+
+    exit_code = 74  # sysexits.h EX_IOERR
+
+
+def write_failed(e: OSError, what: str) -> WriteFailed:
+    """The one-line error for an OSError `e` raised while writing `what`."""
+    return WriteFailed(f"cannot write {what}: {e.strerror or first_line(e)}")
 
 
 class Exportable(nn.Module):
