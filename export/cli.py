@@ -290,7 +290,11 @@ def results_table(records: list[dict], threads: int) -> Table:
 def _failed(e: Unverified | WriteFailed, records: list[dict]) -> int:
     """One line for a model that failed, after a note of the artifacts committed before it (they stay)."""
     if records:
-        err.print(f"written before the failure: {', '.join(r['artifact'] for r in records)}", highlight=False)
+        err.print(
+            f"written before the failure: {', '.join(r['artifact'] for r in records)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     return fail(str(e), EXIT_UNVERIFIED if isinstance(e, Unverified) else e.exit_code)
 
 
