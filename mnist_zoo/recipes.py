@@ -13,13 +13,13 @@ defaults were chosen, and on which data: docs/recipes.md.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from mnist_zoo.models import model_info
+from mnist_zoo.schema import read_json, schema_of
 from mnist_zoo.util import UserError, write_json
 
 RECIPE_SCHEMA = "mnist-zoo/recipe/1"
@@ -128,25 +128,18 @@ def write_recipe_file(path: Path, model: str, recipe: Recipe, provenance: dict) 
     return write_json(path, {"schema": RECIPE_SCHEMA, "model": model, "recipe": asdict(recipe), **provenance})
 
 
+def recipe_file_schema() -> dict:
+    """The JSON Schema of a recipe file; the recipe's part is derived from Recipe's fields, so it cannot drift."""
+    recipe = schema_of(Recipe)
+    model = {"type": "string"}
+    properties = {"schema": {"const": RECIPE_SCHEMA}, "model": model, "recipe": recipe}
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
 def read_recipe_file(path: str | Path, model: str) -> Recipe:
-    """The recipe in a file written by sweep (or by hand, the same JSON); one line on any problem."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"--recipe-file {path}: {e.strerror or e}") from None
-    except ValueError:
-        raise UserError(f"--recipe-file {path}: not JSON") from None
-    names = {f.name for f in fields(Recipe)}
-    if (
-        not isinstance(doc, dict)
-        or doc.get("schema") != RECIPE_SCHEMA
-        or not isinstance(doc.get("recipe"), dict)
-    ):
-        raise UserError(f"--recipe-file {path}: not a recipe file (schema {RECIPE_SCHEMA})")
-    if doc.get("model") != model:
-        raise UserError(f"--recipe-file {path} is a recipe for {doc.get('model')!r}, not {model!r}")
-    if set(doc["recipe"]) != names:
-        raise UserError(
-            f"--recipe-file {path}: the recipe needs exactly the settings {', '.join(sorted(names))}"
-        )
+    """The recipe in a file written by sweep (or by hand, the same JSON); one line on any problem (size, nesting,
+    a field's type, a setting that cannot train), always before any training."""
+    doc = read_json(path, recipe_file_schema(), what=f"--recipe-file {path}")
+    if doc["model"] != model:
+        raise UserError(f"--recipe-file {path} is a recipe for {doc['model']!r}, not {model!r}")
     return check(Recipe(**doc["recipe"]), lambda key: f"--recipe-file {path}: {key}")

@@ -1,0 +1,143 @@
+"""Structured input read safely: a JSON file, bounded in size and nesting, validated against a JSON Schema.
+
+    >>> from mnist_zoo.schema import read_json, schema_of
+    >>> read_json("best.json", {"type": "object", "required": ["model"]}, what="--recipe-file best.json")
+    >>> schema_of(Recipe)   # a dataclass's fields as a JSON Schema, derived from its type hints
+
+Every problem is one UserError line naming the file and, for a schema failure, the field's path, e.g.
+"--recipe-file best.json: recipe.epochs must be integer, got 1.5". The size is capped before anything is read
+and the nesting depth before the text is parsed, so no file can make the reader use unbounded memory or overflow
+Python's parser (RecursionError near 1,000 levels). Validation is `jsonschema`'s, the reference implementation
+of the standard: its errors carry the path of the failing field, which is what the one line needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+
+from mnist_zoo.util import UserError, first_line
+
+MAX_BYTES = 16 << 20  # 16 MiB: the largest file the zoo writes (a run record with predictions) is ~0.5 MB
+MAX_DEPTH = 64  # the zoo's files nest 4 levels deep; anything near Python's recursion limit is not ours
+
+# "integer" in JSON Schema accepts 1.0; a Python int field must not get a float (range(1.0) fails mid-run).
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
+)
+_VALIDATOR = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
+# A JSON string, escapes included (the unrolled form: linear time, no backtracking on long strings).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_PYTHON_TO_JSON = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
+
+
+def read_json(
+    path: str | Path,
+    schema: dict | None = None,
+    *,
+    what: str | None = None,
+    max_bytes: int = MAX_BYTES,
+    max_depth: int = MAX_DEPTH,
+) -> object:
+    """The JSON document in `path`, valid against `schema` (any JSON when None); else one UserError line that
+    starts with `what` (default: the path)."""
+    what = what or str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)  # never more than the cap, whatever the file (or a pipe) holds
+    except OSError as e:
+        raise UserError(f"{what}: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise UserError(f"{what}: larger than {max_bytes:,} bytes, not a file of ours")
+    depth = nesting_depth(data)
+    if depth > max_depth:
+        raise UserError(f"{what}: nested {depth} levels deep, more than {max_depth}")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError, MemoryError) as e:  # UnicodeDecodeError and JSONDecodeError included
+        raise UserError(f"{what}: not JSON ({_short(e)})") from None
+    if schema is not None:
+        check(doc, schema, what=what)
+    return doc
+
+
+def check(doc: object, schema: dict, *, what: str) -> object:
+    """`doc`, if valid against `schema`; else one UserError line naming the first failing field."""
+    validator = _VALIDATOR(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        raise UserError(f"{what}: {describe(error)}")
+    return doc
+
+
+def nesting_depth(data: bytes) -> int:
+    """How deep the arrays and objects in a JSON text nest, brackets inside strings not counted; counted on the
+    bytes with numpy, so the cost is linear and small whatever the text."""
+    brackets = np.frombuffer(re.sub(rb"[^\[\]{}]+", b"", _STRING.sub(b"", data)), dtype=np.uint8)
+    if brackets.size == 0:
+        return 0
+    opens = (brackets == ord("[")) | (brackets == ord("{"))
+    return int(np.cumsum(np.where(opens, 1, -1), dtype=np.int64).max())
+
+
+def describe(error: jsonschema.ValidationError) -> str:
+    """A schema failure in words: the field's path first (e.g. recipe.epochs, runs[3]), then what it must be."""
+    where = field_path(error.absolute_path) or "the document"
+    if error.validator == "type":
+        wanted = error.validator_value
+        wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
+        return f"{where} must be {wanted}, got {_short(error.instance)}"
+    if error.validator in ("enum", "const"):
+        allowed = error.validator_value if error.validator == "enum" else [error.validator_value]
+        return f"{where} must be {' or '.join(map(repr, allowed))}, got {_short(error.instance)}"
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return f"{where} lacks {', '.join(missing)}"
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"{where} has unknown field(s) {', '.join(extra)[:120]}"
+    return f"{where}: {error.message[:120]}"
+
+
+def field_path(parts: Iterable[str | int]) -> str:
+    """recipe.epochs, runs[3].accuracy: a JSON path as a user reads it."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def schema_of(cls: type, *, exact: bool = True) -> dict:
+    """A JSON Schema for the fields of dataclass `cls`, derived from its type hints so that it cannot drift
+    from the class: str, int, float, bool, None and unions of them. `exact`: every field required, no other."""
+    hints = typing.get_type_hints(cls)
+    properties = {f.name: {"type": _json_types(hints[f.name], cls, f.name)} for f in dataclasses.fields(cls)}
+    schema = {"type": "object", "properties": properties}
+    if exact:
+        schema.update(required=list(properties), additionalProperties=False)
+    return schema
+
+
+def _json_types(hint: object, cls: type, name: str) -> str | list[str]:
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    try:
+        names = [_PYTHON_TO_JSON[a] for a in args]
+    except KeyError:
+        raise TypeError(f"{cls.__name__}.{name}: type {hint!r} has no JSON Schema type here") from None
+    if "number" in names and "integer" in names:
+        names.remove("integer")
+    return names[0] if len(names) == 1 else names
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """A value as the error shows it: repr, or an exception's first line; cut short, as values can be huge."""
+    text = first_line(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,74 @@
+"""The safe JSON reader (mnist_zoo/schema.py) and the readers built on it: size and nesting capped before
+parsing, every type checked against a schema, each fault one line naming the file and the field."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+
+import pytest
+
+from mnist_zoo import recipes
+from mnist_zoo.cli import main
+from mnist_zoo.recipes import Recipe, recipe_for
+from mnist_zoo.schema import nesting_depth, read_json, schema_of
+from mnist_zoo.util import UserError
+
+
+def _recipe_doc(**changes) -> dict:
+    recipe = {**asdict(replace(recipe_for("mlp"), epochs=1)), **changes}
+    return {"schema": recipes.RECIPE_SCHEMA, "model": "mlp", "recipe": recipe}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"epochs": 1.5}, "recipe.epochs must be integer, got 1.5"),
+        ({"epochs": 1.0}, "recipe.epochs must be integer, got 1.0"),  # range(1.0) would fail mid-run
+        ({"epochs": "1.5x"}, "recipe.epochs must be integer, got '1.5x'"),
+        ({"epochs": True}, "recipe.epochs must be integer, got True"),
+        ({"name": {"a": 1}}, "recipe.name must be string, got {'a': 1}"),
+        ({"lr": None}, "recipe.lr must be number, got None"),
+        ({"augment": 1}, "recipe.augment must be boolean, got 1"),
+        ({"colour": "red"}, "recipe has unknown field(s) colour"),
+    ],
+)
+def test_a_recipe_file_of_wrong_types_is_one_line_before_any_training(tmp_path, capsys, changes, message):
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(_recipe_doc(**changes)))
+    checkpoint = tmp_path / "mlp.pt"
+    assert main(["train", "mlp", "--recipe-file", str(path), "--checkpoint", str(checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: --recipe-file {path}: {message}\n"
+    assert not checkpoint.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["best.json"]
+
+
+def test_a_written_recipe_file_reads_back(tmp_path):
+    recipe = replace(recipe_for("cnn"), name="sweep", lr=0.2)
+    path = recipes.write_recipe_file(tmp_path / "best.json", "cnn", recipe, {"grid": {"lr": [0.2]}})
+    assert recipes.read_recipe_file(path, "cnn") == recipe
+
+
+def test_the_recipe_schema_follows_the_dataclass():
+    schema = schema_of(Recipe)
+    assert schema["properties"]["epochs"] == {"type": "integer"}
+    assert schema["properties"]["lr"] == {"type": "number"}
+    assert set(schema["required"]) == set(asdict(recipe_for("mlp")))
+
+
+def test_size_and_nesting_are_capped_before_parsing(tmp_path):
+    big = tmp_path / "big.json"
+    big.write_text("[" + "0," * 600 + "0]")
+    with pytest.raises(UserError, match=r"^big.json: larger than 1,000 bytes"):
+        read_json(big, what="big.json", max_bytes=1000)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # Python's parser would raise RecursionError
+    with pytest.raises(UserError, match=r"^deep.json: nested 100000 levels deep, more than 64$"):
+        read_json(deep, what="deep.json")
+    assert nesting_depth(b'{"a": ["[[[[\\"{{"], "b": {}}') == 2  # brackets inside strings do not count
+    for text, reason in [("", "not JSON"), ("1" * 5000, "not JSON"), ('{"a": 1', "not JSON")]:
+        deep.write_text(text)
+        with pytest.raises(UserError, match=reason):
+            read_json(deep)
+    with pytest.raises(UserError, match="No such file"):
+        read_json(tmp_path / "absent.json")
