@@ -8,6 +8,7 @@ default ~/.cache/mnist-zoo), one file per model: mlp.pt, dnn.pt, lenet.pt, cnn.p
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -20,7 +21,7 @@ from torch import nn
 
 from mnist_zoo.data import cache_dir
 from mnist_zoo.models import get_model, list_models
-from mnist_zoo.util import UserError, atomic_write, check_output_dir, first_line
+from mnist_zoo.util import UserError, atomic_write_bytes, check_output_dir, first_line
 
 FORMAT = "mnist-zoo/checkpoint/1"
 
@@ -54,7 +55,11 @@ def save_checkpoint(model: nn.Module, meta: dict, path: str | Path | None = None
     path = Path(path) if path is not None else checkpoint_path(meta["model"])
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "meta": meta, "state_dict": state}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    # Serialized in memory first (a few MB): torch.save writes files through C++, whose failure on a full disk
+    # is a RuntimeError; Python's own write raises the OSError that atomic_write turns into one line, exit 74.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 class CheckpointError(UserError):

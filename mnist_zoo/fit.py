@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 
 from mnist_zoo.checkpoint import (
@@ -33,7 +36,10 @@ from mnist_zoo.progress import Progress
 from mnist_zoo.recipes import Recipe, recipe_for, steps_for
 from mnist_zoo.targets import TARGET_ACCURACY
 from mnist_zoo.train import Diverged, OneProcess, TrainResult, train
-from mnist_zoo.util import UserError, environment, resolve_device
+from mnist_zoo.util import UserError, environment, resolve_device, write_failed
+
+# The longest a save waits for another training's save into the same checkpoint (a save takes about a second).
+SAVE_LOCK_S = 120
 
 
 def fit(
@@ -60,7 +66,6 @@ def fit(
     ranks = ranks or OneProcess()
     main = ranks.rank == 0
     target = Path(checkpoint) if checkpoint is not None else checkpoint_path(model_name)
-    previous = accuracy_of(target, model_name) if main else None
     steps = steps_for(len(train_split), recipe)
     label = model_name if ranks.world == 1 else f"{model_name} x{ranks.world}"
     with Progress("train", steps, progress and main) as bar:
@@ -84,7 +89,7 @@ def fit(
     record = _record(model_name, result, device, ranks)
     if not main:
         return {**record, "checkpoint": str(target), "saved": False, "previous_accuracy": None}
-    return keep_if_better(result.model, record, target, previous, overwrite)
+    return keep_if_better(result.model, record, target, overwrite)
 
 
 def _record(model_name: str, result: TrainResult, device: torch.device | str, ranks: OneProcess) -> dict:
@@ -109,17 +114,23 @@ def _record(model_name: str, result: TrainResult, device: torch.device | str, ra
     return record
 
 
-def keep_if_better(
-    model: nn.Module, record: dict, target: Path, previous: float | None, overwrite: bool
-) -> dict:
-    """Save `model` with `record` at `target` unless it is less accurate than `previous` (the checkpoint there)
-    and not `overwrite`; say on stderr when they differ that way. Returns the record with what was done."""
+def keep_if_better(model: nn.Module, record: dict, target: Path, overwrite: bool) -> dict:
+    """Save `model` with `record` at `target` unless it is less accurate than the checkpoint there and not
+    `overwrite`; say on stderr when they differ that way. Returns the record with what was done: "saved", and
+    "checkpoint_action" created | replaced | kept, with "previous_accuracy" the other checkpoint's.
+
+    The comparison and the write are one step under a lock on the checkpoint (SAVE_LOCK_S at most), decided
+    at save time: two trainings into one file, however they interleave, leave the more accurate model."""
     accuracy = record["test_accuracy"]
-    worse = previous is not None and accuracy < previous
-    saved = not worse or overwrite
-    if saved:
-        save_checkpoint(model.to("cpu"), record, target)
-    record = {**record, "checkpoint": str(target), "saved": saved, "previous_accuracy": previous}
+    with _locked(target):
+        existed, previous = target.exists(), accuracy_of(target, record["model"])
+        worse = previous is not None and accuracy < previous
+        saved = not worse or overwrite
+        if saved:
+            save_checkpoint(model.to("cpu"), record, target)
+    action = "kept" if not saved else ("replaced" if existed else "created")
+    record = {**record, "checkpoint": str(target), "saved": saved, "checkpoint_action": action}
+    record["previous_accuracy"] = previous
     if worse:
         acc = f"this run's test accuracy {accuracy:.2%} is below the {previous:.2%} of {target}"
         done = (
@@ -127,6 +138,26 @@ def keep_if_better(
         )
         print(f"mnist-zoo: {record['model']}: {acc}: {done}", file=sys.stderr)  # one line, never wrapped
     return record
+
+
+@contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """Hold .NAME.lock beside checkpoint `target` (an OS lock: a killed holder releases it) while it is read,
+    compared and replaced."""
+    lock = FileLock(target.with_name(f".{target.name}.lock"), timeout=SAVE_LOCK_S)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
+        raise UserError(
+            f"{target}: another process held its lock for {SAVE_LOCK_S} s; this run was not saved"
+        ) from None
+    except OSError as e:
+        raise write_failed(target.parent, e, "cannot lock a checkpoint in") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def accuracy_of(path: Path, model_name: str) -> float | None:

@@ -4,6 +4,7 @@ every entry point."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,10 +37,29 @@ STALE_TMP_S = 3600
 _OUR_TMP = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp")
 
 
+EXIT_IO = 74  # sysexits.h EX_IOERR: a write failed (a full disk, a quota, an I/O error)
+# Errors of the place, not of the path the user gave: exit EXIT_IO even where the directory was still being set up.
+_IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+
+
 class UserError(RuntimeError):
     """A problem the user can fix (bad name, bad file, bad option): printed as one line, exit code 1."""
 
     exit_code = 1
+
+
+class WriteFailed(UserError):
+    """A file could not be written (e.g. the disk is full): one line, exit 74; the previous file is unchanged
+    and no partial file is left."""
+
+    exit_code = EXIT_IO
+
+
+def write_failed(path: str | Path, e: OSError, start: str = "cannot write") -> UserError:
+    """The one-line error of a failed write to `path`: WriteFailed (exit 74) for a full disk or an I/O error,
+    a plain UserError (exit 1) for a place the user can fix (permissions, a missing directory)."""
+    kind = WriteFailed if e.errno in _IO_ERRNOS else UserError
+    return kind(f"{start} {path}: {e.strerror or e}")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -51,13 +71,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create directory {path.parent}: {e.strerror or e}") from None
+        raise write_failed(path.parent, e, "cannot create directory") from None
     remove_stale_temps(path.parent)
     try:
         prefix = f".{path.name}.{os.getpid()}."
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+        raise write_failed(path.parent, e, "cannot write to") from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -65,6 +85,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # the disk filled up, a quota, an I/O error: the old file stays, the new one goes
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteFailed(
+            f"cannot write {path}: {e.strerror or e}; the previous file, if any, is unchanged"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
