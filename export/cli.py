@@ -41,7 +41,7 @@ import torch
 from rich.table import Table
 
 from export import to_onnx, web
-from export.common import WriteFailed, write_failed
+from export.common import write_failure
 from export.formats import FORMATS
 from export.integrity import digest_path
 from export.quantize import calibration_images, quantize_int8
@@ -54,6 +54,7 @@ from mnist_zoo.models import list_models
 from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP, EXPORT_MIN_AGREEMENT
 from mnist_zoo.util import (
     UserError,
+    WriteFailed,
     check_output_dir,
     environment,
     err,
@@ -177,7 +178,7 @@ def export_model(
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-staging.{os.getpid()}.", suffix=".tmp", dir=out_dir))
     except OSError as e:
-        raise write_failed(e, f"in {out_dir}") from None
+        raise write_failure(e, out_dir) from None
     fp32_onnx = staging / f"{name}.onnx"
     records: list[dict] = []
     try:
@@ -228,9 +229,12 @@ def export_model(
                 os.replace(digest_path(staged), digest_path(r["artifact"]))
             os.replace(staged, r["artifact"])
     except (
-        OSError
-    ) as e:  # a full disk while writing: the staging folder goes, nothing of this model is written
-        raise write_failed(e, f"{name}'s artifacts in {out_dir}") from None
+        OSError,
+        WriteFailed,
+    ) as e:  # a full disk: the staging folder goes, nothing of this model is written
+        raise write_failure(
+            e, f"{name}'s artifacts in {out_dir}", f" (nothing of {name} was written)"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return records

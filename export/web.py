@@ -33,11 +33,11 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from export.common import first_line, write_failed
+from export.common import first_line, write_failure
 from export.integrity import onnx_metadata, read_artifact
 from export.page_server import DEFAULT_PORT, HOST, page_dir, serve, server  # noqa: F401 (as web.serve, ...)
 from mnist_zoo.data import cache_dir
-from mnist_zoo.util import _OUR_TMP, UserError, atomic_write_bytes, check_output_dir, err
+from mnist_zoo.util import _OUR_TMP, UserError, WriteFailed, atomic_write_bytes, check_output_dir, err
 
 ORT_WEB_VERSION = "1.30.0"
 ORT_WEB = f"onnxruntime-web@{ORT_WEB_VERSION}"
@@ -202,7 +202,7 @@ def build(web_dir: Path, models: list[Path], ort_files: dict[str, bytes]) -> Pat
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".web.{os.getpid()}.", suffix=".tmp", dir=web_dir.parent))
     except OSError as e:
-        raise write_failed(e, f"the page in {web_dir.parent}") from None
+        raise write_failure(e, f"the page in {web_dir}", f" ({web_dir} was left as it was)") from None
     try:
         onnx_files = {p.name: p for p in web_dir.glob("*.onnx")} if web_dir.is_dir() else {}
         for name, data in files.items():
@@ -217,8 +217,8 @@ def build(web_dir: Path, models: list[Path], ort_files: dict[str, bytes]) -> Pat
         web_dir.mkdir(exist_ok=True)
         for path in sorted(staging.iterdir(), key=lambda p: p.name == MODELS_JSON):  # renames need no space
             os.replace(path, web_dir / path.name)
-    except OSError as e:
-        raise write_failed(e, f"the page in {web_dir} (it was left as it was)") from None
+    except (OSError, WriteFailed) as e:
+        raise write_failure(e, f"the page in {web_dir}", f" ({web_dir} was left as it was)") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return web_dir
