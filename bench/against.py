@@ -95,8 +95,8 @@ def resolve(ref: str) -> str:
 @contextlib.contextmanager
 def checked_out(commit: str, where: Path) -> Iterator[Path]:
     """`commit` in a detached git worktree at `where`, removed on the way out whatever happens."""
-    git("worktree", "add", "--detach", "--quiet", str(where), commit)
-    try:
+    try:  # `add` inside: a check stopped while git adds the worktree still removes what it registered
+        git("worktree", "add", "--detach", "--quiet", str(where), commit)
         yield where
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, capture_output=True)
