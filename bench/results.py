@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import stats
+from bench.runtimes import LABELS
 from mnist_zoo.schema import read_json
 from mnist_zoo.targets import (
     COLLAPSED,
@@ -81,7 +82,7 @@ ROW_FIELDS = {
     "format": {"const": FORMAT},
     "kind": _NAME,
     "model": _NAME,
-    "runtime": _NAME,
+    "runtime": {"enum": list(LABELS)},  # the tables and pictures know these (a label, a colour each)
     "device": _NAME,
     "engine": _NAME,
     "backend": {"type": ["string", "null"]},
@@ -97,11 +98,11 @@ ROW_FIELDS = {
     "artifact_bytes": {"type": ["integer", "null"]},
     **dict.fromkeys(("p50_s", "p90_s", "p99_s", "images_per_second", "train_seconds"), _POSITIVE),
     **dict.fromkeys(("accuracy", "floor", "agreement", "agreement_floor", "test_accuracy"), _NUMBER),
+    "max_abs_logit_diff": _NUMBER,
     **dict.fromkeys(
         (
             "min_s",
             "contention",
-            "max_abs_logit_diff",
             "speedup_paired",
             "speedup_vs_eager",
             "epoch_seconds",
@@ -138,9 +139,18 @@ REQUIRED = {
         "p99_s",
         "images_per_second",
     ],
-    "accuracy": ["model", "runtime", "device", "accuracy", "floor", "agreement", "agreement_floor"],
+    "accuracy": [
+        "model",
+        "runtime",
+        "device",
+        "accuracy",
+        "floor",
+        "agreement",
+        "agreement_floor",
+        "max_abs_logit_diff",
+    ],
     "epoch": ["model", "device"],
-    "time-to-accuracy": ["model", "device"],
+    "time-to-accuracy": ["model", "device", "reached"],
     "tutorial": ["model", "device", "images_per_second"],
     "peer": ["device", "accuracy", "train_seconds", "images_per_second"],
     "scaling": ["device", "engine", "processes", "threads", "images_per_second", "test_accuracy"],
