@@ -232,3 +232,18 @@ def test_an_artifact_over_the_cap_is_refused_before_reading(suffix, tmp_path, mo
             verify.ort_session(path)
         else:
             integrity.read_verified(path)
+
+
+def test_help_lists_every_exit_code():
+    """--help names every exit code export can end with (docs/reliability.md's table)."""
+    text = " ".join(cli.build_parser().format_help().split())
+    for words in (
+        "0 done",
+        "1 bad input",
+        "2 bad arguments",
+        "3 an artifact failed verification",
+        "74 a write failed, e.g. a full disk",
+        "130 interrupted (Ctrl-C)",
+        "143 terminated (SIGTERM)",
+    ):
+        assert words in text, words
