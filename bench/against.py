@@ -95,8 +95,8 @@ def resolve(ref: str) -> str:
 @contextlib.contextmanager
 def checked_out(commit: str, where: Path) -> Iterator[Path]:
     """`commit` in a detached git worktree at `where`, removed on the way out whatever happens."""
-    git("worktree", "add", "--detach", "--quiet", str(where), commit)
-    try:
+    try:  # `add` inside: a check stopped while git adds the worktree still removes what it registered
+        git("worktree", "add", "--detach", "--quiet", str(where), commit)
         yield where
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, capture_output=True)
@@ -133,7 +133,10 @@ def probe(tree: Tree, action: str, *options: str) -> tuple[dict, float]:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise UserError(f"the probe failed on {tree.side} ({tree.label}) in {action}: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1]), busy.share or 0.0
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1]), busy.share or 0.0
+    except (IndexError, ValueError):  # no output, or a last line that is not its JSON
+        raise UserError(f"the probe on {tree.side} ({tree.label}) in {action} printed no result") from None
 
 
 def build(trees: list[Tree]) -> None:

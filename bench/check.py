@@ -48,6 +48,7 @@ from bench.report import make_console
 from bench.results import derive, load, machine_of, rows_of
 from bench.runtimes import EXTRA_RUNTIMES
 from mnist_zoo import cpu
+from mnist_zoo.schema import read_json
 from mnist_zoo.targets import (
     BENCH_LOGIT_ATOL,
     CHECK_TOLERANCE,
@@ -68,6 +69,25 @@ WATCHED_RATIOS = re.compile(
     r"|speedup/lenet/ort-fp32/b1000"
     r"|(train-vs-tutorial|tutorial-accuracy-speedup)/lenet"
 )
+_FRACTION = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
+BASELINE_SCHEMA = {
+    "type": "object",
+    "required": ["format"],
+    "properties": {
+        "format": {"const": BASELINE_FORMAT},
+        "machine": {
+            "type": "object",
+            "properties": {
+                "threads": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+                "train_threads": {"type": ["integer", "null"], "minimum": 1},
+            },
+        },
+        "tolerance": _FRACTION,
+        "tolerances": {"type": "object", "additionalProperties": _FRACTION},
+        "required": {"type": "array", "items": {"type": "string"}},
+        "ratios": {"type": "object", "additionalProperties": {"type": "number"}},
+    },
+}
 MISSING = "missing: its benchmark errored or was skipped"
 EXIT_BUSY = 75  # sysexits.h EX_TEMPFAIL: try again later
 PAUSE_S = 60  # the longest a contended check waits for the machine to quieten before measuring again
@@ -186,16 +206,10 @@ def make_baseline(fresh: dict[str, Metric], machine: dict, tolerance: float = CH
 
 
 def load_baseline(path: Path) -> dict:
-    try:
-        baseline = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        how = "make one with: python -m bench check --update-baseline"
-        raise UserError(f"no baseline at {path}; {how}") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable baseline ({e})") from None
-    if not isinstance(baseline, dict) or baseline.get("format") != BASELINE_FORMAT:
-        raise UserError(f"{path} is not an mnist-zoo baseline (format {BASELINE_FORMAT!r} expected)")
-    return baseline
+    """The baseline file, checked against BASELINE_SCHEMA: a one-line UserError naming the file and field."""
+    if not Path(path).is_file():
+        raise UserError(f"no baseline at {path}; make one with: python -m bench check --update-baseline")
+    return read_json(path, BASELINE_SCHEMA)
 
 
 def run_quick(
@@ -292,6 +306,14 @@ def main(args: argparse.Namespace) -> int:
     """python -m bench check (arguments parsed in bench/__main__.py)."""
     if args.against:
         return main_against(args)
+    # The quick runs' files go to a temporary folder, removed on every way out: an error, Ctrl-C and SIGTERM
+    # (mnist_zoo.launch raises it as a KeyboardInterrupt) included.
+    with tempfile.TemporaryDirectory(prefix="mnist-zoo-check-") as tmp:
+        return main_baseline(args, Path(tmp))
+
+
+def main_baseline(args: argparse.Namespace, tmp: Path) -> int:
+    """python -m bench check without --against: a quick run (its files in `tmp`) against the baseline."""
     baseline = None if args.update_baseline else load_baseline(args.baseline)
     if baseline:
         # Like for like: measure at the baseline's thread counts (capped at this machine's CPUs).
@@ -300,11 +322,10 @@ def main(args: argparse.Namespace) -> int:
             args.threads = min(max(base["threads"]), most)
         if args.train_threads is None and base.get("train_threads"):
             args.train_threads = min(base["train_threads"], most)
-    keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mnist-zoo-check-")) / "quick.json"
-    doc, rc = run_or_load(args, keep)
+    doc, rc = run_or_load(args, Path(args.keep) if args.keep else tmp / "quick.json")
     fresh = metrics(rows_of(doc))
     if not args.results:
-        fresh, rc = measure_busy_and_failing(args, baseline, fresh, rc, keep)
+        fresh, rc = measure_busy_and_failing(args, baseline, fresh, rc, tmp / "again.json")
     if args.update_baseline:
         bad = [c.name for c in compare({}, fresh) if not c.ok] + [n for n, m in fresh.items() if m.contended]
         if rc != 0 or bad:
@@ -348,13 +369,14 @@ def main(args: argparse.Namespace) -> int:
 def floors(args: argparse.Namespace) -> tuple[list[Check], int]:
     """The floors (accuracy, agreement, logit difference, target reached) from a quick run of head's accuracy
     benchmarks, and pytest's exit code; a floor the committed baseline requires and the run lacks fails."""
-    path = Path(tempfile.mkdtemp(prefix="mnist-zoo-floors-")) / "floors.json"
-    rc = run_quick(path, None, None, FLOOR_TESTS)
-    if not path.is_file():
-        raise UserError(
-            f"the floors' quick run wrote no results (pytest exit code {rc}); see its output above"
-        )
-    fresh = {n: m for n, m in metrics(rows_of(load(path))).items() if m.kind in ("min", "max")}
+    with tempfile.TemporaryDirectory(prefix="mnist-zoo-floors-") as tmp:  # removed on every way out
+        path = Path(tmp) / "floors.json"
+        rc = run_quick(path, None, None, FLOOR_TESTS)
+        if not path.is_file():
+            raise UserError(
+                f"the floors' quick run wrote no results (pytest exit code {rc}); see its output above"
+            )
+        fresh = {n: m for n, m in metrics(rows_of(load(path))).items() if m.kind in ("min", "max")}
     try:
         required = load_baseline(args.baseline).get("required", [])
     except UserError:
@@ -447,7 +469,7 @@ def main_against(args: argparse.Namespace) -> int:
 
 
 def measure_busy_and_failing(
-    args: argparse.Namespace, baseline: dict | None, fresh: dict[str, Metric], rc: int, keep: Path
+    args: argparse.Namespace, baseline: dict | None, fresh: dict[str, Metric], rc: int, again: Path
 ) -> tuple[dict[str, Metric], int]:
     """Measure again what the first run could not settle: the contended ratios, after a pause for the machine
     to quieten, and the ratios under their limit (best of 2: noise makes a ratio worse or better at random, a
@@ -462,6 +484,6 @@ def measure_busy_and_failing(
     if failing:
         out.print(f"{len(failing)} ratio(s) under the limit: measuring them again (the better counts)")
     if busy or failing:
-        fresh, rc_again = measure_again(args, fresh, busy + failing, keep.with_name("again.json"))
+        fresh, rc_again = measure_again(args, fresh, busy + failing, again)
         rc = rc or rc_again
     return fresh, rc

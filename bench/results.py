@@ -20,12 +20,13 @@ target itself.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench import stats
+from bench.runtimes import LABELS
+from mnist_zoo.schema import read_json
 from mnist_zoo.targets import (
     COLLAPSED,
     CONTENDED,
@@ -53,20 +54,140 @@ MAIN_FIGURE = {
 
 
 def load(path: str | Path) -> dict:
-    """A pytest-benchmark JSON file holding mnist-zoo rows; any other file is a one-line UserError."""
+    """A pytest-benchmark JSON file holding mnist-zoo rows, checked against RESULTS_SCHEMA (size and nesting
+    capped before parsing); any other file, and a row with a field of the wrong type, is a one-line UserError
+    naming the file and the field."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no such file: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not a readable JSON file ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
-        raise UserError(f"{path} is not a pytest-benchmark results file (no 'benchmarks' list)")
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    doc = read_json(path, RESULTS_SCHEMA, max_bytes=MAX_RESULTS_BYTES)
     if not rows_of(doc):
         how = "run: pytest bench --benchmark-only --benchmark-json FILE"
         raise UserError(f"{path} holds no mnist-zoo benchmark rows ({how})")
     return doc
+
+
+# --- what load() accepts: the fields our readers use, with their types ---------------------------------------
+
+# A run with --benchmark-save-data keeps every timing: tens of MB for a full thread sweep. Past this, refused.
+MAX_RESULTS_BYTES = 64 << 20
+_NUMBER = {"type": "number"}
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}  # what a reader divides by
+_OPTIONAL_NUMBER = {"type": ["number", "null"]}
+_INTERVAL = {"type": ["array", "null"], "items": _NUMBER, "minItems": 2, "maxItems": 2}
+_COUNT = {"type": "integer", "minimum": 1}
+_NAME = {"type": "string"}
+_OBJECT = {"type": ["object", "null"]}
+ROW_FIELDS = {
+    "format": {"const": FORMAT},
+    "kind": _NAME,
+    "model": _NAME,
+    "runtime": {"enum": list(LABELS)},  # the tables and pictures know these (a label, a colour each)
+    "device": _NAME,
+    "engine": _NAME,
+    "backend": {"type": ["string", "null"]},
+    "fullname": {"type": ["string", "null"]},
+    "batch": _COUNT,
+    "threads": _COUNT,
+    "eager_threads": {"type": ["integer", "null"]},
+    "processes": _COUNT,
+    "reached": {"type": ["boolean", "null"]},
+    "quick": {"type": ["boolean", "null"]},
+    "deployment": _OBJECT,
+    "versions": _OBJECT,
+    "artifact_bytes": {"type": ["integer", "null"]},
+    **dict.fromkeys(("p50_s", "p90_s", "p99_s", "images_per_second", "train_seconds"), _POSITIVE),
+    **dict.fromkeys(("accuracy", "floor", "agreement", "agreement_floor", "test_accuracy"), _NUMBER),
+    "max_abs_logit_diff": _NUMBER,
+    **dict.fromkeys(
+        (
+            "min_s",
+            "contention",
+            "speedup_paired",
+            "speedup_vs_eager",
+            "epoch_seconds",
+            "vs_tutorial",
+            "vs_tutorial_paired",
+            "vs_peer",
+            "seconds_to_target",
+            "seconds_to_tutorial_accuracy",
+            "images_to_tutorial_accuracy",
+            "tutorial_accuracy_speedup",
+            "target",
+            "scaling_efficiency",
+            "cold_start_s",
+            "peak_rss_mb",
+        ),
+        _OPTIONAL_NUMBER,
+    ),
+    **{
+        name: _INTERVAL for name in ("p50_ci_s", "speedup_paired_ci", "speedup_vs_eager_ci", "vs_tutorial_ci")
+    },
+    **{name: _INTERVAL for name in ("vs_tutorial_paired_ci", "images_per_second_ci")},
+    "tutorial_accuracy_speedup_ci": _INTERVAL,
+}
+# The fields each kind's readers (report, plot, compare, check) take as given.
+REQUIRED = {
+    "inference": [
+        "model",
+        "runtime",
+        "device",
+        "batch",
+        "threads",
+        "p50_s",
+        "p90_s",
+        "p99_s",
+        "images_per_second",
+    ],
+    "accuracy": [
+        "model",
+        "runtime",
+        "device",
+        "accuracy",
+        "floor",
+        "agreement",
+        "agreement_floor",
+        "max_abs_logit_diff",
+    ],
+    "epoch": ["model", "device"],
+    "time-to-accuracy": ["model", "device", "reached"],
+    "tutorial": ["model", "device", "images_per_second"],
+    "peer": ["device", "accuracy", "train_seconds", "images_per_second"],
+    "scaling": ["device", "engine", "processes", "threads", "images_per_second", "test_accuracy"],
+}
+ROW_SCHEMA = {
+    "type": "object",
+    "required": ["kind"],
+    "properties": ROW_FIELDS,
+    "allOf": [
+        {"if": {"properties": {"kind": {"const": kind}}}, "then": {"required": fields}}
+        for kind, fields in REQUIRED.items()
+    ],
+}
+RESULTS_SCHEMA = {
+    "type": "object",
+    "required": ["benchmarks"],
+    "properties": {
+        "benchmarks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"fullname": _NAME, "extra_info": {"type": "object"}},
+                # only our rows are held to ROW_SCHEMA: pytest-benchmark's own may carry anything
+                "if": {
+                    "properties": {
+                        "extra_info": {"properties": {"format": {"const": FORMAT}}, "required": ["format"]}
+                    },
+                    "required": ["extra_info"],
+                },
+                "then": {"properties": {"extra_info": ROW_SCHEMA}},
+            },
+        },
+        "machine_info": {"type": ["object", "null"], "properties": {"mnist_zoo": _OBJECT}},
+        "commit_info": _OBJECT,
+        "datetime": {"type": ["string", "null"]},
+    },
+}
 
 
 def rows_of(doc: dict) -> list[dict]:

@@ -20,7 +20,8 @@ model with none is trained first with the default recipe. Each artifact is writt
 only then moved into place, atomically.
 
 Exit codes: 0 done; 1 bad input (one line on stderr); 2 bad arguments; 3 an artifact failed verification
-(nothing of that model is written).
+(nothing of that model is written); 74 a write failed, e.g. a full disk (nothing of that model is written, the
+page's folder is left as it was); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 from rich.table import Table
 
 from export import to_onnx, web
+from export.common import write_failure
 from export.formats import FORMATS
 from export.integrity import digest_path
 from export.quantize import calibration_images, quantize_int8
@@ -52,6 +54,7 @@ from mnist_zoo.models import list_models
 from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP, EXPORT_MIN_AGREEMENT
 from mnist_zoo.util import (
     UserError,
+    WriteFailed,
     check_output_dir,
     environment,
     err,
@@ -166,12 +169,16 @@ def export_model(
     threads: int = VERIFY_THREADS,
 ) -> list[dict]:
     """Export `model` (zoo model `name`, its checkpoint's `meta`) in `formats` to `out_dir`, verify every artifact
-    on `test` with `threads` threads, and move them into place; on a failure raise Unverified and commit
-    nothing. `calib`: the int8 calibration images (onnx-int8); `opset`: ONNX's (default: the exporter's)."""
+    on `test` with `threads` threads, and move them into place; on a failure raise Unverified (or WriteFailed:
+    a full disk) and commit nothing. `calib`: the int8 calibration images (onnx-int8); `opset`: ONNX's (default:
+    the exporter's)."""
     images = data.normalize(test.images)
     reference = reference_logits(model, images, threads=threads)
     metadata = artifact_metadata(name, meta)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-staging.{os.getpid()}.", suffix=".tmp", dir=out_dir))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-staging.{os.getpid()}.", suffix=".tmp", dir=out_dir))
+    except OSError as e:
+        raise write_failure(e, out_dir) from None
     fp32_onnx = staging / f"{name}.onnx"
     records: list[dict] = []
     try:
@@ -221,6 +228,13 @@ def export_model(
             if digest_path(staged).is_file():  # .pt, .pt2: the SHA-256 their loaders check before loading
                 os.replace(digest_path(staged), digest_path(r["artifact"]))
             os.replace(staged, r["artifact"])
+    except (
+        OSError,
+        WriteFailed,
+    ) as e:  # a full disk: the staging folder goes, nothing of this model is written
+        raise write_failure(
+            e, f"{name}'s artifacts in {out_dir}", f" (nothing of {name} was written)"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return records
@@ -277,6 +291,17 @@ def results_table(records: list[dict], threads: int) -> Table:
     return t
 
 
+def _failed(e: Unverified | WriteFailed, records: list[dict]) -> int:
+    """One line for a model that failed, after a note of the artifacts committed before it (they stay)."""
+    if records:
+        err.print(
+            f"written before the failure: {', '.join(r['artifact'] for r in records)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return fail(str(e), EXIT_UNVERIFIED if isinstance(e, Unverified) else e.exit_code)
+
+
 def run(args: argparse.Namespace) -> int:
     names = _models(args.models)
     formats = _formats(args)
@@ -287,7 +312,9 @@ def run(args: argparse.Namespace) -> int:
     if args.ort_web and not args.web:
         raise UserError("--ort-web applies to --web; add --web")
     out_dir = _out_dir(args.out)
-    ort_web = web.ort_web_files(args.ort_web) if args.web else None  # before any training: fail fast
+    if args.web:  # before any training: fail fast, and never after the exports were written
+        web.check_page_dir(out_dir / "web")
+    ort_web = web.ort_web_files(args.ort_web) if args.web else None
     test = data.load("test", args.data_dir)
     calib = calibration_images(data.load("train", args.data_dir)) if "onnx-int8" in formats else None
     progress = not (args.no_progress or args.json)
@@ -297,12 +324,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             options = dict(opset=args.opset, softmax=args.softmax, threads=args.threads)
             records += export_model(name, model, meta, formats, out_dir, test, calib, **options)
-        except Unverified as e:
-            if records:
-                err.print(f"written before the failure: {', '.join(r['artifact'] for r in records)}")
-            return fail(str(e), EXIT_UNVERIFIED)
+        except (Unverified, WriteFailed) as e:
+            return _failed(e, records)
     onnx_files = [Path(r["artifact"]) for r in records if r["format"] == "onnx"]
-    page = web.build(out_dir / "web", onnx_files, ort_web) if args.web else None
+    try:
+        page = web.build(out_dir / "web", onnx_files, ort_web) if args.web else None
+    except WriteFailed as e:
+        return _failed(e, records)
     if not args.json:
         out.print(results_table(records, args.threads))
         if page:

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mnist_zoo.data import MEAN, STD
+from mnist_zoo.util import UserError, WriteFailed, write_failed
 from mnist_zoo.util import first_line as first_line  # the exporters' one-line errors (export/to_*.py)
 
 INPUT_NAME = "image"
@@ -41,6 +42,14 @@ NOISY_LOGGERS = (
     "onnxscript",
     "onnx_ir",
 )
+
+
+def write_failure(e: OSError | WriteFailed, what: str, then: str = "") -> UserError:
+    """The one line for a failed write of `what` (an OSError, or atomic_write's WriteFailed about a staged file):
+    exit 74 for a full disk or an I/O error, as util.write_failed decides; `then` says what was left as it was."""
+    cause = e if isinstance(e, OSError) else e.__context__  # atomic_write raises WriteFailed from the OSError
+    error = write_failed(what, cause) if isinstance(cause, OSError) else WriteFailed(str(e))
+    return type(error)(f"{error}{then}")
 
 
 class Exportable(nn.Module):

@@ -30,13 +30,12 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from mnist_zoo.util import UserError, atomic_write, sha256_file
+from mnist_zoo.util import UserError, atomic_write, atomic_write_bytes
 
 if TYPE_CHECKING:  # onnx is imported where it is used: a TorchScript loader (bench/coldstart.py) needs none
     import onnx
@@ -46,8 +45,9 @@ META_PREFIX = "mnist_zoo."  # every metadata prop we write is namespaced, so a r
 EXTRA_FILE = "mnist_zoo.json"  # the metadata file inside TorchScript / torch.export archives
 SEAL_SCOPE = "the seal catches accidental changes, not deliberate ones"
 DIGEST_SUFFIX = ".sha256"  # lenet.pt -> lenet.pt.sha256
-# The zoo's artifacts are a few MB; a file past this is refused before it is read (memory stays bounded).
-MAX_ARTIFACT_BYTES = 256 << 20
+# The zoo's artifacts are under 1 MiB (dnn's .onnx: 0.3 MiB); a file past this is refused before it is read, so
+# a stray or hostile file costs no more memory than this (.onnx, .int8.onnx, .pt, .pt2 alike).
+MAX_ARTIFACT_BYTES = 16 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -145,17 +145,11 @@ def write_digest(path: str | os.PathLike, sha256: str) -> Path:
     return atomic_write(digest_path(path), lambda tmp: tmp.write_text(f"{sha256}  {path.name}\n"))
 
 
-def write_with_digest(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """atomic_write(path, write), then NAME.sha256 beside it: the digest of the bytes written, taken from the
-    temporary file before it is renamed into place (not read back from `path`, which may change meanwhile)."""
-    digest = []
-
-    def write_and_hash(tmp: Path) -> None:
-        write(tmp)
-        digest.append(sha256_file(tmp))
-
-    path = atomic_write(path, write_and_hash)
-    write_digest(path, digest[0])
+def write_with_digest(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically, then NAME.sha256 beside it: the digest of these bytes. Serialised in
+    memory first, so that a full disk is an OSError from Python's write, not a failure inside a C++ writer."""
+    path = atomic_write_bytes(path, data)
+    write_digest(path, hashlib.sha256(data).hexdigest())
     return path
 
 
@@ -180,15 +174,10 @@ def expected_digest(path: str | os.PathLike) -> str:
     return words[0].lower()
 
 
-def read_verified(path: str | os.PathLike, sha256: str | None = None) -> bytes:
-    """The bytes of `path`, once their SHA-256 equals `sha256` (default: the one in NAME.sha256 beside it).
-
-    Read once, at most MAX_ARTIFACT_BYTES, so that the bytes checked are the bytes the caller deserialises.
-    Every refusal is a one-line UserError naming the file; nothing in the file has run."""
+def read_artifact(path: str | os.PathLike) -> bytes:
+    """The bytes of an artifact file, read once and at most MAX_ARTIFACT_BYTES (a larger file is refused before
+    it is read); every failure is a one-line UserError naming the file."""
     path = Path(path)
-    expected = (sha256 or "").lower() or expected_digest(path)
-    if not _HEX64.fullmatch(expected):
-        raise UserError(f"the expected SHA-256 of {path} is not 64 hex digits: {expected[:80]!r}")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -201,6 +190,19 @@ def read_verified(path: str | os.PathLike, sha256: str | None = None) -> bytes:
         raise UserError(f"cannot read {path} ({e.strerror or e})") from None
     if len(data) > MAX_ARTIFACT_BYTES:  # it grew while we read it
         raise UserError(f"{path} is over the {MAX_ARTIFACT_BYTES:,} bytes an artifact may have; refused")
+    return data
+
+
+def read_verified(path: str | os.PathLike, sha256: str | None = None) -> bytes:
+    """The bytes of `path`, once their SHA-256 equals `sha256` (default: the one in NAME.sha256 beside it).
+
+    Read once (read_artifact: at most MAX_ARTIFACT_BYTES), so that the bytes checked are the bytes the caller
+    deserialises. Every refusal is a one-line UserError naming the file; nothing in the file has run."""
+    path = Path(path)
+    expected = (sha256 or "").lower() or expected_digest(path)
+    if not _HEX64.fullmatch(expected):
+        raise UserError(f"the expected SHA-256 of {path} is not 64 hex digits: {expected[:80]!r}")
+    data = read_artifact(path)
     if hashlib.sha256(data).hexdigest() != expected:
         source = "the SHA-256 given" if sha256 else digest_path(path).name
         raise UserError(

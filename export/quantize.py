@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+from google.protobuf.message import DecodeError
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -29,7 +30,7 @@ from onnxruntime.quantization import (
 )
 
 from export.common import INPUT_NAME, first_line, quiet_exporters
-from export.integrity import SEAL_KEY, seal_onnx
+from export.integrity import SEAL_KEY, read_artifact, seal_onnx
 from mnist_zoo.data import Split, normalize
 from mnist_zoo.util import UserError, atomic_write
 
@@ -72,8 +73,14 @@ def quantize_int8(
         raise UserError(f"calibration images must be [N, 1, 28, 28], got {list(calibration_images.shape)}")
     if calibration_images.dtype != torch.float32:
         raise UserError(f"calibration images must be normalised float32, got {calibration_images.dtype}")
-    fp32 = onnx.load(str(fp32_onnx_path))
-    with tempfile.TemporaryDirectory(prefix="mnist-zoo-int8-") as tmp, quiet_exporters():
+    try:
+        fp32 = onnx.load_from_string(read_artifact(fp32_onnx_path))
+    except DecodeError as e:
+        raise UserError(f"{fp32_onnx_path} is not a readable ONNX file ({first_line(e)})") from None
+    # The intermediate files go beside the output (export's staging folder), on the disk it fills: a full disk
+    # there is an OSError, reported as such, not a quantization failure.
+    where = dict(prefix=f".int8.{os.getpid()}.", suffix=".tmp", dir=Path(out_path).parent)
+    with tempfile.TemporaryDirectory(**where) as tmp, quiet_exporters():
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         try:
             # Shape inference and graph optimisation first, as onnxruntime's docs ask for static quantization.
@@ -89,6 +96,8 @@ def quantize_int8(
                 calibrate_method=METHOD,
                 use_external_data_format=False,
             )
+        except OSError:
+            raise  # a full disk or another write error: the caller's to report
         except Exception as e:
             raise UserError(f"int8 quantization failed ({type(e).__name__}: {first_line(e)})") from None
         proto = onnx.load(str(q))
@@ -110,5 +119,8 @@ def quantize_int8(
             "fp32_source": fp32_onnx_path.name,
         },
     )
-    onnx.checker.check_model(proto, full_check=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise UserError(f"onnx.checker rejected the int8 model: {first_line(e)}") from None
     return atomic_write(out_path, lambda tmp: onnx.save_model(proto, tmp, save_as_external_data=False))

@@ -49,13 +49,10 @@ def export_pt2(
             raise UserError(f"torch.export failed ({type(e).__name__}: {first_line(e)})") from None
         meta = archive_metadata(metadata, "torch.export", softmax)
         extra = {EXTRA_FILE: extra_file(meta, program.state_dict)}
-
-        def write(tmp: Path) -> None:
-            # A file object: given a name, torch.export.save insists on the .pt2 suffix.
-            with open(tmp, "wb") as f:
-                torch.export.save(program, f, extra_files=extra)
-
-        return write_with_digest(path, write)
+        # Into memory, then written by Python (as TorchScript): a full disk is an OSError, reported in one line.
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer, extra_files=extra)
+    return write_with_digest(path, buffer.getvalue())
 
 
 def load_pt2(path: str | os.PathLike, *, sha256: str | None = None) -> tuple[nn.Module, dict]:

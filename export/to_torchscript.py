@@ -43,7 +43,11 @@ def export_torchscript(
             raise UserError(f"TorchScript export failed ({type(e).__name__}: {first_line(e)})") from None
         meta = archive_metadata(metadata, "torchscript", softmax)
         extra = {EXTRA_FILE: extra_file(meta, scripted.state_dict())}
-        return write_with_digest(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
+        # Into memory, then written by Python: a full disk is then an OSError the CLI reports in one line (C++'s
+        # file writer fails with a RuntimeError and leaves a partial file).
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer, _extra_files=extra)
+    return write_with_digest(path, buffer.getvalue())
 
 
 def load_torchscript(

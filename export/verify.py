@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 from torch import nn
 
 from export.common import INPUT_NAME, OUTPUT_NAME, first_line, prepare
-from export.integrity import check_onnx_seal
+from export.integrity import check_onnx_seal, read_artifact
 from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP, EXPORT_MIN_AGREEMENT
 from mnist_zoo.util import UserError, torch_threads
 
@@ -48,7 +48,7 @@ def ort_session(
         raise UserError(f"threads must be at least 1, got {threads}")
     if not path.is_file():
         raise UserError(f"no ONNX file at {path}")
-    data = path.read_bytes()
+    data = read_artifact(path)  # size-capped: a huge file is refused before it is read
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -29,11 +31,13 @@ import tempfile
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 
-from export.integrity import onnx_metadata
+from export.common import first_line, write_failure
+from export.integrity import onnx_metadata, read_artifact
 from export.page_server import DEFAULT_PORT, HOST, page_dir, serve, server  # noqa: F401 (as web.serve, ...)
 from mnist_zoo.data import cache_dir
-from mnist_zoo.util import UserError, atomic_write_bytes, err, write_json
+from mnist_zoo.util import _OUR_TMP, UserError, WriteFailed, atomic_write_bytes, check_output_dir, err
 
 ORT_WEB_VERSION = "1.30.0"
 ORT_WEB = f"onnxruntime-web@{ORT_WEB_VERSION}"
@@ -45,6 +49,7 @@ ORT_WEB_FILES = {  # package/dist/<name>: what the page loads (14 MB), also pinn
     "ort-wasm-simd-threaded.wasm": "3398c10d07d229bd91b364548e130e0e51a8e5704b88c7c083ebbeb78842dee2",
 }
 PAGE = Path(__file__).with_name("page")  # index.html, app.js, predict.js
+MODELS_JSON = "models.json"  # the picker's list
 NPM_TIMEOUT_S = 300
 
 
@@ -127,33 +132,93 @@ def ort_web_files(local: str | Path | None = None) -> dict[str, bytes]:
     return files
 
 
-def _write(path: Path, data: bytes) -> None:
-    if not (path.is_file() and path.read_bytes() == data):
-        atomic_write_bytes(path, data)
+def _page_files() -> set[str]:
+    """The names of what build() writes, besides the models (*.onnx)."""
+    return {p.name for p in PAGE.iterdir()} | set(ORT_WEB_FILES) | {MODELS_JSON}
+
+
+def check_page_dir(web_dir: Path) -> None:
+    """Fail now, before any export work, unless `web_dir` is missing or a folder of what --web writes (the page,
+    onnxruntime-web, *.onnx, models.json; a killed write's temporary file), each a regular file, and the .onnx
+    files readable. Anything else (a file or a link where the folder belongs, a subfolder, a link, a foreign
+    file) is one line: build() replaces files there, and must not replace, or list, what is not its own."""
+    where = f"--web: {web_dir}"
+    if web_dir.is_symlink():
+        raise UserError(f"{where} is a symbolic link, not the page folder; remove it or choose another --out")
+    if not web_dir.exists():
+        return
+    if not web_dir.is_dir():
+        raise UserError(f"{where} is a file, not the page folder; move it or choose another --out")
+    ours = _page_files()
+    try:
+        entries = sorted(web_dir.iterdir())
+    except OSError as e:
+        raise UserError(f"{where}: cannot list it ({e.strerror or e})") from None
+    foreign = [
+        p.name + ("/" if p.is_dir() else "")
+        for p in entries
+        if p.is_symlink()
+        or not p.is_file()
+        or not (p.name in ours or p.suffix == ".onnx" or _OUR_TMP.fullmatch(p.name))
+    ]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(
+            f"{where} holds what --web does not write ({shown}; links and folders count): move them or "
+            "choose another --out"
+        )
+    for p in entries:
+        if p.suffix == ".onnx":
+            _model_entry(p)  # listed in models.json later: a damaged one is refused now
+    check_output_dir(web_dir, where)
 
 
 def _model_entry(path: Path) -> dict:
-    meta = onnx_metadata(onnx.load(path, load_external_data=False))
-    accuracy = meta.get("test_accuracy")
-    return {
-        "name": meta.get("model", path.stem),
-        "file": path.name,
-        "test_accuracy": accuracy and float(accuracy),
-    }
+    """The picker's entry of one .onnx file (from its metadata); UserError for a file that is no ONNX model."""
+    try:
+        meta = onnx_metadata(onnx.load_from_string(read_artifact(path)))
+        accuracy = meta.get("test_accuracy")
+        accuracy = accuracy and float(accuracy)
+    except (DecodeError, ValueError) as e:
+        raise UserError(f"{path} is not a readable ONNX model ({first_line(e)}); remove it") from None
+    return {"name": meta.get("model", path.stem), "file": path.name, "test_accuracy": accuracy}
+
+
+def _fsynced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def build(web_dir: Path, models: list[Path], ort_files: dict[str, bytes]) -> Path:
-    """Write or update the page in `web_dir`, file by file, each atomically: the page, onnxruntime-web, copies of
-    the verified `models` (.onnx) and models.json, which lists every .onnx in the folder, the most accurate
-    first (models exported there earlier stay on the picker)."""
-    web_dir.mkdir(exist_ok=True)
-    for path in sorted(PAGE.iterdir()):
-        _write(web_dir / path.name, path.read_bytes())
-    for name, data in ort_files.items():
-        _write(web_dir / name, data)
-    for model in models:
-        _write(web_dir / model.name, model.read_bytes())
-    entries = [_model_entry(p) for p in sorted(web_dir.glob("*.onnx")) if not p.name.endswith(".int8.onnx")]
-    entries.sort(key=lambda e: -(e["test_accuracy"] or 0))
-    write_json(web_dir / "models.json", {"models": entries, "onnxruntime_web": ORT_WEB_VERSION})
+    """Write or update the page in `web_dir`: the page, onnxruntime-web, copies of the verified `models` (.onnx)
+    and models.json, which lists every .onnx in the folder, the most accurate first (models exported there
+    earlier stay on the picker). What changed is written to a staging folder beside `web_dir` first, then
+    renamed into it file by file, models.json last: a full disk (WriteFailed) leaves `web_dir` as it was."""
+    check_page_dir(web_dir)  # again, just before writing: nothing foreign is replaced
+    files = {p.name: p.read_bytes() for p in sorted(PAGE.iterdir())} | ort_files
+    files |= {m.name: read_artifact(m) for m in models}
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".web.{os.getpid()}.", suffix=".tmp", dir=web_dir.parent))
+    except OSError as e:
+        raise write_failure(e, f"the page in {web_dir}", f" ({web_dir} was left as it was)") from None
+    try:
+        onnx_files = {p.name: p for p in web_dir.glob("*.onnx")} if web_dir.is_dir() else {}
+        for name, data in files.items():
+            if not ((web_dir / name).is_file() and (web_dir / name).read_bytes() == data):
+                _fsynced(staging / name, data)
+                if name.endswith(".onnx"):
+                    onnx_files[name] = staging / name
+        picked = sorted(p for n, p in onnx_files.items() if not n.endswith(".int8.onnx"))
+        entries = sorted((_model_entry(p) for p in picked), key=lambda e: -(e["test_accuracy"] or 0))
+        listing = json.dumps({"models": entries, "onnxruntime_web": ORT_WEB_VERSION}, indent=1)
+        _fsynced(staging / MODELS_JSON, listing.encode())
+        web_dir.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == MODELS_JSON):  # renames need no space
+            os.replace(path, web_dir / path.name)
+    except (OSError, WriteFailed) as e:
+        raise write_failure(e, f"the page in {web_dir}", f" ({web_dir} was left as it was)") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return web_dir

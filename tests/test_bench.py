@@ -226,7 +226,7 @@ def test_a_collapsed_eager_reference_is_said_in_words_not_a_win():
 def test_load_rejects_foreign_files_with_one_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(UserError, match="not a readable JSON"):
+    with pytest.raises(UserError, match="bad.json: not JSON"):
         results.load(bad)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"benchmarks": [{"extra_info": {}}]}))

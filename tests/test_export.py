@@ -33,7 +33,7 @@ from mnist_zoo import data, recipes
 from mnist_zoo.checkpoint import checkpoint_dir
 from mnist_zoo.models import list_models
 from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP
-from mnist_zoo.util import UserError, sha256_file
+from mnist_zoo.util import UserError, WriteFailed, sha256_file
 
 SUBSET = 2000
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def test_failed_write_keeps_the_old_artifact(small_trained, tmp_path, monkeypatc
         raise OSError("disk full")
 
     monkeypatch.setattr(onnx, "save_model", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed, match="disk full"):  # one line, exit 74
         to_onnx.export_onnx(small_trained("mlp")[0], path)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["mlp.onnx"]
 

@@ -503,3 +503,93 @@ def test_the_command_line_itself(small_trained, tmp_path):
         _, err = proc.communicate(timeout=300)
         one_line_error(proc.returncode, err)
     assert sorted(tmp_path.iterdir()) == files
+
+
+# ==============================================================================================================
+# Benchmark JSON files (bench/results.py, bench/check.py): `python -m bench report`, `compare` and `check` on
+# random JSON, a real run's file with a field of any type or a field gone, a row of another kind, deep nesting
+# and mutated bytes. Every case ends in a right answer or one line, never a traceback, nothing written.
+# ==============================================================================================================
+
+BENCH_COMMANDS = ["report", "compare", "check"]
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=16,
+)
+
+
+def _bench_doc() -> dict:
+    from test_bench import deployed, doc_of, run_rows  # tests/test_bench.py's run (tests/ is on sys.path)
+
+    return doc_of(deployed(run_rows()))
+
+
+@pytest.fixture(scope="module")
+def bench_site(tmp_path_factory) -> Path:
+    """A folder with a good run (the other side of `compare`) and a baseline made from it (for `check`)."""
+    from bench import check, results
+
+    directory = tmp_path_factory.mktemp("bench-fuzz")
+    (directory / "good.json").write_text(json.dumps(_bench_doc()))
+    fresh = check.metrics(results.rows_of(_bench_doc()))
+    (directory / "baseline.json").write_text(json.dumps(check.make_baseline(fresh, {"threads": [2]})))
+    return directory
+
+
+@st.composite
+def bench_files(draw: st.DrawFn) -> bytes:
+    from bench.results import ROW_FIELDS
+
+    doc = _bench_doc()
+    rows = [b["extra_info"] for b in doc["benchmarks"]]
+    how = draw(st.sampled_from(["random", "field", "fields", "number", "drop", "kind", "deep", "bytes"]))
+    event(f"bench file: {how}")
+    if how == "random":
+        return json.dumps(draw(_JSON)).encode()
+    if how == "deep":
+        depth = draw(st.integers(1, 5000))
+        return b'{"benchmarks": ' + b"[" * depth + b"]" * depth + b"}"
+    if how == "bytes":
+        return draw(mutated(json.dumps(doc).encode()))
+    for _ in range(draw(st.integers(1, 3)) if how == "fields" else 1):
+        row = draw(st.sampled_from(rows))
+        if how == "drop":
+            row.pop(draw(st.sampled_from(sorted(row))))
+        elif how == "number":  # the right type, an odd value: NaN, infinity, 0, negative, huge
+            numeric = sorted(
+                k for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)
+            )
+            row[draw(st.sampled_from(numeric))] = draw(
+                st.floats() | st.integers() | st.sampled_from([0, -1, 1e308])
+            )
+        elif how == "kind":
+            row["kind"] = draw(st.sampled_from(["inference", "accuracy", "epoch", "time-to-accuracy", "tutorial",
+                                                "peer", "scaling", "other"]))  # fmt: skip
+        else:
+            row[draw(st.sampled_from(sorted({*ROW_FIELDS, *row})))] = draw(_JSON)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("command", BENCH_COMMANDS)
+@settings(PROFILE)
+@given(file=bench_files())
+def test_bench_files(command, file, bench_site, capsys):
+    from bench.__main__ import main as bench_main
+
+    path = bench_site / "run.json"
+    path.write_bytes(file)
+    argv = {
+        "report": ["report", str(path)],
+        "compare": ["compare", str(bench_site / "good.json"), str(path)],
+        "check": ["check", "--results", str(path), "--baseline", str(bench_site / "baseline.json")],
+    }[command]
+    with case(bench_site):
+        code = bench_main(argv)
+    err = capsys.readouterr().err
+    event(f"exit {code}")
+    if code == 0:
+        assert err == "", err
+    else:  # check: exit 1 for a regression or 75 for a busy machine, also one line
+        one_line_error(code, err)
+        assert code in (1, 75) if command == "check" else code == 1
