@@ -69,8 +69,10 @@ def load(path: str | Path) -> dict:
 
 # --- what load() accepts: the fields our readers use, with their types ---------------------------------------
 
-# A run with --benchmark-save-data keeps every timing: tens of MB for a full thread sweep. Past this, refused.
-MAX_RESULTS_BYTES = 64 << 20
+# A full run's file is about 1 MB. Parsing JSON of short strings takes up to ~80 bytes of memory per byte of file
+# (a 12 MiB file: 990 MB at its peak), so past 8 MiB a file is refused: no input takes a command over 1 GB. A run
+# with --benchmark-save-data keeps every timing and can be larger: report it without --benchmark-save-data.
+MAX_RESULTS_BYTES = 8 << 20
 _NUMBER = {"type": "number"}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}  # what a reader divides by
 _OPTIONAL_NUMBER = {"type": ["number", "null"]}
