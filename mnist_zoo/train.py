@@ -138,8 +138,8 @@ class SliceGradient:
     cast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     scaler: torch.amp.GradScaler | None = None
 
-    def backward(self, loss: torch.Tensor) -> None:
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self.scaler is None else self.scaler.scale(loss)
 
     def __init__(self, model: nn.Module, streams: int) -> None:
         self.model, self.streams, self.params = model, streams, list(model.parameters())
@@ -158,14 +158,14 @@ class SliceGradient:
                 logits = self.model(x)
                 loss = F.cross_entropy(logits, y)
             self.model.zero_grad(set_to_none=True)
-            self.backward(loss)
+            self.scaled(loss).backward()
             return loss.detach() * len(y), (logits.detach().argmax(1) == y).sum(), len(y)
 
         def one_slice(xs: torch.Tensor, ys: torch.Tensor) -> tuple:
             with self.cast():  # here, on the pool thread: autocast's state is per thread
                 logits = self.model(xs)
                 loss = F.cross_entropy(logits, ys) * (len(ys) / len(y))
-            grads = torch.autograd.grad(loss, self.params)
+            grads = torch.autograd.grad(self.scaled(loss), self.params)
             return loss.detach(), (logits.detach().argmax(1) == ys).sum(), grads
 
         slices = list(self.pool.map(one_slice, x.tensor_split(self.streams), y.tensor_split(self.streams)))
@@ -196,7 +196,7 @@ class ShardGradient(SliceGradient):
             else:  # a last batch smaller than the world: this rank still joins the gradients' all-reduce
                 loss = logits.sum() * 0
         self.model.zero_grad(set_to_none=True)
-        self.backward(loss)
+        self.scaled(loss).backward()
         return loss.detach() * len(y) / self.world, (logits.detach().argmax(1) == ys).sum(), len(ys)
 
 

@@ -106,3 +106,14 @@ def test_bench_precision_option_parses():
     assert parse_precisions("fp32,bf16") == ("fp32", "bf16")
     with pytest.raises(pytest.UsageError, match="--bench-precision"):
         parse_precisions("fp32,int4")
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_fp16_with_a_gradient_scaler_trains(small, monkeypatch, streams):
+    # What a GPU without bf16 gets; run here on the CPU, whose autocast and GradScaler take float16 too. Slices
+    # must scale their loss like one stream does, or the scaler's unscaling would shrink their gradients.
+    from mnist_zoo import train as train_module
+
+    monkeypatch.setattr(train_module, "choose", lambda *a: precision.Chosen("fp16", "test"))
+    fp16 = _run(small, streams=streams)
+    assert fp16.precision == "fp16" and fp16.final.accuracy > 0.6
