@@ -42,7 +42,8 @@ class Recipe:
     lr: float  # peak learning rate
     optimizer: str = "sgd"  # sgd | nesterov (SGD with Nesterov momentum) | adam
     momentum: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)  # adam's
+    beta1: float = 0.9  # adam's betas: the decay of its running mean of gradients, and of their squares
+    beta2: float = 0.999
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | onecycle (linear warm-up then linear decay to zero)
     warmup: float = 0.0  # fraction of steps spent warming up (onecycle)
@@ -84,7 +85,7 @@ DEFAULTS = {
 # after a quarter of a second epoch.
 FAST = {
     "lenet": Recipe(
-        "fast", epochs=1.25, batch_size=256, lr=0.012, optimizer="adam", betas=(0.7, 0.9), **_ONECYCLE
+        "fast", epochs=1.25, batch_size=256, lr=0.012, optimizer="adam", beta1=0.7, beta2=0.9, **_ONECYCLE
     ),
 }
 
@@ -98,10 +99,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "warmup": (lambda v: 0 <= v <= 1, "between 0 and 1"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-    "betas": (
-        lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
-        "two numbers, each at least 0 and below 1",
-    ),
+    "beta1": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "beta2": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "plain_epochs": (lambda v: v >= 0, "at least 0"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
 }

@@ -365,7 +365,11 @@ def optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     instead of a handful of small ops per tensor per step."""
     if recipe.optimizer == "adam":
         return torch.optim.Adam(
-            model.parameters(), recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay, fused=True
+            model.parameters(),
+            recipe.lr,
+            betas=(recipe.beta1, recipe.beta2),
+            weight_decay=recipe.weight_decay,
+            fused=True,
         )
     return torch.optim.SGD(
         model.parameters(),
