@@ -117,3 +117,19 @@ def test_fp16_with_a_gradient_scaler_trains(small, monkeypatch, streams):
     monkeypatch.setattr(train_module, "choose", lambda *a: precision.Chosen("fp16", "test"))
     fp16 = _run(small, streams=streams)
     assert fp16.precision == "fp16" and fp16.final.accuracy > 0.6
+
+
+def test_lenet_is_set_against_the_peer_at_its_own_precision():
+    pytest.importorskip("pytest_benchmark")
+    from bench import results
+
+    def row(kind, precision, **fields):
+        return {"format": results.FORMAT, "kind": kind, "device": "cpu", "precision": precision, **fields}
+
+    rows = [
+        row("time-to-accuracy", "fp32", model="lenet", seconds_to_target=8.0),
+        row("time-to-accuracy", "bf16", model="lenet", seconds_to_target=6.0),
+        row("peer", "fp32", model="peer", train_seconds=10.0),
+        row("peer", "bf16", model="peer", train_seconds=5.0),
+    ]
+    assert [r.get("vs_peer") for r in results.derive(rows)[:2]] == [0.8, 1.2]
