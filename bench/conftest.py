@@ -3,6 +3,7 @@
     pytest --benchmark-only                                   # everything (from the repo root)
     pytest --benchmark-only --bench-threads 1,2 -k inference  # does 1 thread beat 2?
     pytest --benchmark-only --bench-threads all -k inference  # every thread count from 1 to the CPUs
+    pytest --benchmark-only --bench-precision fp32,bf16       # training and inference rows in each precision
     pytest --benchmark-only --bench-quick --benchmark-json=out.json   # the CI subset (python -m bench check)
     python -m bench report out.json                           # the same tables from a saved file
 
@@ -41,6 +42,7 @@ QUICK_BUDGET_S = (
     0.3  # the most seconds of timed calls per latency row in --bench-quick (full: --benchmark-max-time)
 )
 SEED = 0
+PRECISIONS = ("fp32", "bf16")  # auto is a choice for training runs, not a row: a row says what it measured
 # Models that --bench-quick (CI's check) does not train: minutes each to their targets on 2 cores. Their training
 # and accuracy rows are in the full run; tests/test_export.py verifies their exports; latency rows run untrained.
 QUICK_UNTRAINED = ("cnn",)
@@ -61,6 +63,7 @@ class Options:
     min_rounds: int
     busy: dict  # the machine when the session started: cpu.Contention.record() of a short sample
     note: str  # why the default threads are fewer than the CPUs, or ""
+    precisions: tuple[str, ...] = ("fp32",)  # the training and inference rows' precisions (--bench-precision)
 
 
 OPTIONS = pytest.StashKey[Options]()
@@ -79,6 +82,18 @@ def _threads(value: str | None, idle: int) -> tuple[int, ...]:
     if not threads or threads[0] < 1:
         raise pytest.UsageError(f"--bench-threads must be at least 1, got {value!r}")
     return threads
+
+
+def parse_precisions(value: str | None) -> tuple[str, ...]:
+    """--bench-precision: fp32 by default (the default suite's time unchanged), or a list such as fp32,bf16."""
+    if value in (None, ""):
+        return ("fp32",)
+    given = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    if not given or any(p not in PRECISIONS for p in given):
+        raise pytest.UsageError(
+            f"--bench-precision takes {' or '.join(PRECISIONS)} (a list: fp32,bf16), got {value!r}"
+        )
+    return given
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its own options
@@ -107,6 +122,7 @@ def pytest_configure(config: pytest.Config) -> None:
         min_rounds=int(config.getoption("benchmark_min_rounds")),
         busy=busy.record(),
         note=cpu.lowered(idle, most, busy) if idle < most else "",
+        precisions=parse_precisions(config.getoption("--bench-precision")),
     )
     # pytest-benchmark's own table has ten columns of seconds for every row (230 characters wide): keep the
     # ones that matter beside our summary, unless asked for others.
@@ -134,6 +150,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("device", opts.devices)
     if "threads" in metafunc.fixturenames:
         metafunc.parametrize("threads", opts.threads, ids=[f"{t}t" for t in opts.threads])
+    if "precision" in metafunc.fixturenames:
+        metafunc.parametrize("precision", opts.precisions)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -187,18 +205,19 @@ def torch_device(device: str) -> torch.device:
 
 @pytest.fixture(scope="session")
 def train_to_target(splits_on, bench_options: Options):
-    """run(name, device) -> TrainResult: the default recipe, stopped after the epoch in which test accuracy first
-    reaches the model's target; result.seconds_to(accuracy) times that crossing and the tutorial's accuracy
-    to 1/20 of an epoch (train.py, TIMING_POINTS; evaluation is not timed)."""
+    """run(name, device, precision) -> TrainResult: the model's race recipe (race_recipe: lenet's fast one, the
+    others' default), stopped after the epoch in which test accuracy first reaches the model's target;
+    result.seconds_to(accuracy) times that crossing and the tutorial's accuracy to 1/20 of an epoch (train.py,
+    TIMING_POINTS; evaluation is not timed)."""
     from mnist_zoo.recipes import recipe_for
     from mnist_zoo.train import train
 
-    def run(name: str, device: torch.device | str = "cpu"):
+    def run(name: str, device: torch.device | str = "cpu", precision: str = "fp32"):
         torch.set_num_threads(bench_options.train_threads)
         train_split, test_split = splits_on(device)
         return train(
             name,
-            recipe_for(name),
+            recipe_for(name, race_recipe(name), precision=precision),
             train_split,
             test_split,
             seed=SEED,
@@ -208,6 +227,14 @@ def train_to_target(splits_on, bench_options: Options):
         )
 
     return run
+
+
+def race_recipe(name: str) -> str:
+    """The recipe the time-to-accuracy rows race with: the model's fast recipe where it has one (lenet's, against
+    the peer recipe), else its default."""
+    from mnist_zoo.recipes import FAST
+
+    return "fast" if name in FAST else "default"
 
 
 def skip_untrained_in_quick(bench_options: Options, name: str, trained: bool = True) -> None:

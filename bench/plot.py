@@ -28,7 +28,7 @@ OUT = Path("reports/bench")
 PANEL = (4.0, 4.0)  # inches per panel (plots.DPI pixels per inch), title and legend included
 MIN_PANELS = 2  # figures are at least this many panels wide, so that titles and legends fit
 COLOURS = {runtime: f"C{i}" for i, runtime in enumerate(LABELS)}
-MARKERS = dict(zip(LABELS, "osD^vPX*", strict=True))
+MARKERS = dict(zip(LABELS, "osD^vPX*hd", strict=True))
 
 
 def _machine_line(doc: dict) -> str:

@@ -37,6 +37,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="auto: cpu rows, plus cuda rows (skipped with the reason when absent) (default: auto)",
     )
     group.addoption(
+        "--bench-precision",
+        metavar="P[,Q]",
+        help="fp32, bf16 or both (fp32,bf16): the training rows, and the inference rows of the runtimes that "
+        "run bf16 (the others are skipped with the reason) (default: fp32)",
+    )
+    group.addoption(
         "--bench-quick",
         action="store_true",
         help="the CI subset: short timings, no torch.compile, models trained in-run to their target",

@@ -170,6 +170,11 @@ def accuracy_table(rows: list[dict]) -> Table | None:
     return t
 
 
+def _precision(r: dict) -> str:
+    """' bf16' after a row's name when it ran in bf16 (fp32 rows, and files from before precision, say nothing)."""
+    return f" {r['precision']}" if r.get("precision") not in (None, "fp32") else ""
+
+
 def training_table(rows: list[dict]) -> Table | None:
     """Training speed: the zoo's default recipe, the tutorial pipeline and the peer recipe, in images/s."""
     train = [r for r in rows if r.get("kind") in ("epoch", "tutorial", "peer")]
@@ -184,7 +189,7 @@ def training_table(rows: list[dict]) -> Table | None:
             e.get("images_per_second_ci"), e.get("images_per_second")
         )
         t.add_row(
-            e["model"],
+            e["model"] + _precision(e),
             e["device"],
             fmt_time(e.get("epoch_seconds")),
             ips,
@@ -203,7 +208,7 @@ def training_table(rows: list[dict]) -> Table | None:
         )
     for r in matching(train, kind="peer"):
         t.add_row(
-            "[dim]peer recipe[/]",
+            f"[dim]peer recipe{_precision(r)}[/]",
             r["device"],
             fmt_time(r["train_seconds"]),
             fmt_num(r["images_per_second"]),
@@ -220,13 +225,14 @@ def training_table(rows: list[dict]) -> Table | None:
 
 
 def accuracy_time_table(rows: list[dict]) -> Table | None:
-    """Time to accuracy: each model's default recipe to its target, and to the tutorial's final accuracy."""
+    """Time to accuracy: each model's race recipe (lenet: fast) to its target, and to the tutorial's final
+    accuracy."""
     found = matching(rows, kind="time-to-accuracy")
     if not found:
         return None
     to_tutorial = f"to {TUTORIAL_ACCURACY:.1%}"
     cols = ("model", "target", "to target", "/ peer", to_tutorial, "tutorial ÷ zoo", "marks")
-    t = table("Time to accuracy (default recipe, training time only)", *cols, right=cols[1:6])
+    t = table("Time to accuracy (default recipe unless named, training time only)", *cols, right=cols[1:6])
     peer = first(rows, kind="peer")
     for a in found:
         to_target = fmt_time(a.get("seconds_to_target")) if a.get("reached") else "[red]not reached[/]"
@@ -234,6 +240,9 @@ def accuracy_time_table(rows: list[dict]) -> Table | None:
         tutorial = first(rows, kind="tutorial", model=a["model"])
         sources = [a, *([peer] if a.get("vs_peer") else []), *([tutorial] if speedup else [])]
         name = a["model"] if a["device"] == "cpu" else f"{a['model']} ({a['device']})"
+        if a.get("recipe") not in (None, "default"):
+            name += f", {a['recipe']}"
+        name += _precision(a)
         cells = (fmt_pct(a.get("target"), 1), to_target, fmt_x(a.get("vs_peer")))
         cells += (
             fmt_time(a.get("seconds_to_tutorial_accuracy")),
@@ -242,7 +251,7 @@ def accuracy_time_table(rows: list[dict]) -> Table | None:
         t.add_row(name, *cells, marks(*sources))
     for r in matching(rows, kind="peer"):
         t.add_row(
-            "[dim]peer recipe[/]",
+            f"[dim]peer recipe{_precision(r)}[/]",
             f"{fmt_pct(r['accuracy'])} in 1 epoch",
             fmt_time(r["train_seconds"]),
             "1.00x",
@@ -251,7 +260,7 @@ def accuracy_time_table(rows: list[dict]) -> Table | None:
             marks(r),
         )
     t.caption = (
-        f"/ peer: lenet's time to its target over the peer recipe's one epoch. tutorial ÷ zoo: the tutorial's 5 "
+        f"/ peer: lenet's time to its target over the peer recipe's one epoch at the same precision. tutorial ÷ zoo: the tutorial's 5 "
         f"epochs (derived, not run: {TUTORIAL_IMAGES:,} images at its paired speed) over the zoo's time "
         f"{to_tutorial}."
     )

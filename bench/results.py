@@ -298,7 +298,7 @@ def derive(rows: list[dict]) -> list[dict]:
         elif kind == "time-to-accuracy":
             # The peer recipe's one epoch is its whole training: lenet's time to 99% is set against it (the
             # peer is a lenet-sized network; the other models are not compared with it).
-            peer = first(rows, kind="peer", device=r.get("device"))
+            peer = first(rows, kind="peer", device=r.get("device"), precision=r.get("precision"))
             if r.get("model") == PEER_MODEL:
                 r["vs_peer"] = ratio(r.get("seconds_to_target"), peer.get("train_seconds"))
             # The tutorial's 5 epochs over the zoo's images to the same accuracy, at the paired speed ratio:

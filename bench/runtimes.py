@@ -12,6 +12,10 @@ absent here (no onnxruntime or openvino, no CUDA, no CUDA provider, torch.compil
 with the reason, which the benchmark turns into a skip; a runtime that is present but produces a broken export
 fails loudly instead. `artifact(...)` is the file each runtime loads (the checkpoint for eager and
 torch.compile): what bench/coldstart.py starts from in a fresh process.
+
+bf16 (--bench-precision bf16): PyTorch eager under torch.autocast, and OpenVINO with its bf16 inference
+precision hint, are rows of their own runtimes (BF16: eager-bf16, openvino-bf16); every other runtime says why it
+has none (bf16_unavailable).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 
 from bench.coldstart import openvino_config
 from export.formats import FORMATS
+from mnist_zoo.precision import Chosen, autocast
 from mnist_zoo.targets import precision
 from mnist_zoo.util import first_line
 
@@ -41,6 +46,18 @@ LABELS = {  # as the tables name them (ORT: ONNX Runtime; OV: OpenVINO)
     "openvino-int8": "OV int8",
     "compile": "torch.compile",
     "ort-web": "ORT web (wasm)",  # bench/test_web.py's row: onnxruntime-web in Chromium, not built here
+    "eager-bf16": "PyTorch eager bf16",
+    "openvino-bf16": "OV bf16",
+}
+# The bf16 runtime of each runtime that has one (--bench-precision bf16), and why the others have none.
+BF16 = {"eager": "eager-bf16", "openvino": "openvino-bf16"}
+NO_BF16 = {
+    "torchscript": "TorchScript under autocast is not benchmarked: PyTorch eager's bf16 row measures the same kernels",
+    "compile": "torch.compile under autocast is not benchmarked (a second compilation per shape)",
+    "ort-fp32": "ONNX Runtime has no bf16 CPU kernels for Conv, Gemm or MatMul: a bf16 model would only add casts "
+    "around fp32 arithmetic",
+    "ort-int8": "an int8 runtime: its precision is int8, in every --bench-precision",
+    "openvino-int8": "an int8 runtime: its precision is int8, in every --bench-precision",
 }
 # The file each runtime loads: the zoo's checkpoint, or an export format of export/formats.py (int8: the QDQ
 # file, which OpenVINO runs with its own int8 kernels).
@@ -77,6 +94,15 @@ class Predictor:
         return self.to_logits(self.run(self.prepare(x)))
 
 
+def bf16_unavailable(runtime: str, device: torch.device) -> str | None:
+    """Why `runtime` has no bf16 row on `device`, or None when it has (BF16)."""
+    if runtime in NO_BF16:
+        return NO_BF16[runtime]
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bf16"
+    return unavailable(runtime, device)
+
+
 def unavailable(runtime: str, device: torch.device) -> str | None:
     """Why `runtime` cannot run on `device` here, or None when it can (checked before any work is done)."""
     if runtime not in RUNTIMES:
@@ -109,11 +135,14 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def _torch_predictor(module: Callable, device: torch.device, info: dict | None = None) -> Predictor:
+def _torch_predictor(
+    module: Callable, device: torch.device, info: dict | None = None, precision: str = "fp32"
+) -> Predictor:
     sync = _sync(device)
+    chosen = Chosen(precision, "")
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(chosen, device):
             out = module(x)
         sync()
         return out
@@ -195,7 +224,7 @@ def _ort_predictor(path: Path, device: torch.device, threads: int) -> Predictor:
     return Predictor(prepare, run, to_logits, info)
 
 
-def _openvino_predictor(path: Path, threads: int, batch: int | None) -> Predictor:
+def _openvino_predictor(path: Path, threads: int, batch: int | None, precision: str = "fp32") -> Predictor:
     import numpy as np
     import onnx
     import openvino as ov
@@ -209,7 +238,13 @@ def _openvino_predictor(path: Path, threads: int, batch: int | None) -> Predicto
     # thread, and the call cuts its batch into one slice per stream, run at once: no thread team to
     # synchronise after every layer. Either way `threads` threads in all. The batch axis stays dynamic.
     streams = threads if batch and threads > 1 and batch >= threads * OPENVINO_MIN_SLICE else 1
-    compiled = ov.Core().compile_model(str(path), "CPU", openvino_config(threads, streams))
+    config = openvino_config(threads, streams)
+    if precision == "bf16":  # OpenVINO's own bf16 kernels (its config forces f32 otherwise)
+        config[hints.inference_precision] = ov.Type.bf16
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    chose = compiled.get_property(hints.inference_precision).get_type_name()
+    if precision == "bf16" and chose != "bf16":  # it falls back where the CPU has no bf16: not a bf16 row
+        raise Unavailable(f"OpenVINO runs {chose}, not bf16, on this CPU despite its bf16 precision hint")
     requests = [compiled.create_infer_request() for _ in range(streams)]
 
     inputs: list[np.ndarray | None] = [None] * streams  # each request's own input memory
@@ -245,7 +280,7 @@ def _openvino_predictor(path: Path, threads: int, batch: int | None) -> Predicto
         "performance_hint": str(compiled.get_property(hints.performance_mode)),
         "num_streams": int(compiled.get_property(props.num_streams)),
         "inference_num_threads": int(compiled.get_property(props.inference_num_threads)),
-        "inference_precision": compiled.get_property(hints.inference_precision).get_type_name(),
+        "inference_precision": chose,
         "int8_layers": f"{len(int8)} of {len(layers)} convolution and fully connected layers",
     }
     return Predictor(prepare, run, torch.from_numpy, info)
@@ -309,16 +344,17 @@ def build(
     exports: Exports,
     name: str,
     batch: int | None = None,
+    precision: str = "fp32",
 ) -> Predictor:
     """A Predictor for `model` (a zoo model called `name`) in `runtime` on `device` with `threads` threads.
     `batch`: the batch size it will be called with, for runtimes that tune for one (OpenVINO's hint); any
-    batch size still runs."""
-    reason = unavailable(runtime, device)
+    batch size still runs. precision bf16: the runtime's bf16 row (BF16), where it has one."""
+    reason = unavailable(runtime, device) if precision == "fp32" else bf16_unavailable(runtime, device)
     if reason:
         raise Unavailable(reason)
     torch.set_num_threads(threads)
     if runtime == "eager":
-        return _torch_predictor(copy.deepcopy(model).to(device).eval(), device)
+        return _torch_predictor(copy.deepcopy(model).to(device).eval(), device, precision=precision)
     if runtime == "compile":
         return _compiled(copy.deepcopy(model).to(device).eval(), device)
     if runtime == "torchscript":
@@ -327,5 +363,5 @@ def build(
         scripted, _ = load_torchscript(artifact(runtime, model, exports, name))
         return _torch_predictor(scripted.to(device).eval(), device)
     if runtime.startswith("openvino"):
-        return _openvino_predictor(artifact(runtime, model, exports, name), threads, batch)
+        return _openvino_predictor(artifact(runtime, model, exports, name), threads, batch, precision)
     return _ort_predictor(artifact(runtime, model, exports, name), device, threads)

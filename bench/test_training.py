@@ -2,11 +2,13 @@
 
     pytest bench/test_training.py --benchmark-only            # a couple of minutes on 2 cores
 
-Rows (extra_info kind):
+Rows (extra_info kind), each in every precision of --bench-precision (default fp32; the row's precision and
+precision_reason say what ran and why):
   epoch             one epoch of the default recipe on the 60,000 training images: seconds and images/s, with
                     a 95% interval of images/s (bootstrap over 1/20-epoch segments); up to EPOCH_ROUNDS
                     epochs, fewer once that interval is within timing.CI_TARGET
-  time-to-accuracy  the default recipe until test accuracy first reaches the model's TARGET_ACCURACY,
+  time-to-accuracy  the model's race recipe (lenet: its fast recipe; the others: their default) until test
+                    accuracy first reaches the model's TARGET_ACCURACY,
                     timed to 1/20 of an epoch (train.TIMING_POINTS); training seconds only (evaluation is
                     not counted), plus, from the same run, the seconds to the tutorial's final accuracy
   tutorial          the tutorial's pipeline (bench/tutorial.py: per-sample PIL transforms, 4-worker
@@ -17,7 +19,7 @@ Rows (extra_info kind):
                     machine whose speed drifts (shared CI hosts do) moves both sides of each ratio alike
   peer              the fastest peer recipe (bench/peer.py: train_mnist_fast's one epoch of Adam and
                     one-cycle on a larger CNN), PEER_SEEDS seeds: its median training time and mean accuracy;
-                    lenet's time to 99% is set against that time
+                    lenet's time to 99% (its fast recipe) is set against that time, at the same precision
 The ratios (zoo images/s vs tutorial, tutorial 5 epochs vs zoo to its accuracy, lenet to 99% vs the peer's
 epoch) are filled in at the end of the run. The targets and the tutorial's figures are in mnist_zoo/targets.py.
 """
@@ -32,9 +34,10 @@ import torch
 
 from bench import peer, timing, tutorial
 from bench import stats as ci
-from bench.conftest import skip_untrained_in_quick
+from bench.conftest import race_recipe, skip_untrained_in_quick
 from mnist_zoo.cpu import Contention
 from mnist_zoo.models import list_models
+from mnist_zoo.precision import choose
 from mnist_zoo.recipes import recipe_for
 from mnist_zoo.targets import TARGET_ACCURACY, TUTORIAL_ACCURACY, TUTORIAL_IMAGES
 from mnist_zoo.train import TIMING_POINTS, train
@@ -53,12 +56,13 @@ PEER_SEEDS, PEER_SEEDS_QUICK = 3, 1
 
 
 @pytest.mark.parametrize("model_name", list_models())
-def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model_name):
+def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model_name, precision):
     skip_untrained_in_quick(bench_options, model_name)
     threads = bench_options.train_threads
     train_split, _ = splits_on(torch_device)
     torch.set_num_threads(threads)
-    recipe = recipe_for(model_name, epochs=1)  # the default recipe's batch size and optimizer, one epoch
+    # the default recipe's batch size and optimizer, one epoch
+    recipe = recipe_for(model_name, epochs=1, precision=precision)
     benchmark.group = "training: seconds per epoch"
     runs, segments = [], []  # segments: seconds of each 1/SEGMENTS of an epoch, every epoch run
     most = 1 if bench_options.quick else EPOCH_ROUNDS[model_name]
@@ -98,6 +102,8 @@ def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model
         device=str(torch_device),
         threads=threads,
         recipe="default",
+        precision=runs[0].precision,
+        precision_reason=runs[0].precision_reason,
         batch_size=recipe.batch_size,
         images=len(train_split),
         epoch_seconds=seconds,
@@ -113,13 +119,14 @@ def test_epoch(benchmark, new_row, bench_options, torch_device, splits_on, model
 
 @pytest.mark.parametrize("model_name", list_models())
 def test_time_to_accuracy(
-    benchmark, new_row, bench_options, torch_device, train_to_target, trained_runs, model_name
+    benchmark, new_row, bench_options, torch_device, train_to_target, trained_runs, model_name, precision
 ):
     skip_untrained_in_quick(bench_options, model_name)
     target = TARGET_ACCURACY[model_name]
     benchmark.group = "training: time to target accuracy (wall time, evaluations included)"
-    result = benchmark.pedantic(train_to_target, args=(model_name, torch_device), rounds=1, warmup_rounds=0)
-    if torch_device.type == "cpu":
+    args = (model_name, torch_device, precision)
+    result = benchmark.pedantic(train_to_target, args=args, rounds=1, warmup_rounds=0)
+    if torch_device.type == "cpu" and precision == "fp32":
         trained_runs[model_name] = result  # quick runs measure accuracy and latency on these models
     curve = [[round(h["train_seconds"], 3), h["eval_accuracy"]] for h in result.history]
     images_to_tutorial = next(
@@ -132,7 +139,9 @@ def test_time_to_accuracy(
         model=model_name,
         device=str(torch_device),
         threads=bench_options.train_threads,
-        recipe="default",
+        recipe=race_recipe(model_name),
+        precision=result.precision,
+        precision_reason=result.precision_reason,
         target=target,
         reached=crossing is not None,
         seconds_to_target=result.seconds_to(target),
@@ -147,7 +156,8 @@ def test_time_to_accuracy(
     )
     best = max((a for _, a in curve), default=0.0)
     assert crossing is not None, (
-        f"{model_name} did not reach {target:.1%} test accuracy within its default recipe (best {best:.2%})"
+        f"{model_name} did not reach {target:.1%} test accuracy within its {race_recipe(model_name)} recipe "
+        f"in {result.precision} (best {best:.2%})"
     )
 
 
@@ -223,8 +233,9 @@ def test_tutorial_pipeline(benchmark, new_row, bench_options, splits_on, model_n
     assert ips > 0 and paired
 
 
-def test_peer_recipe(benchmark, new_row, bench_options, splits_on):
+def test_peer_recipe(benchmark, new_row, bench_options, splits_on, precision):
     threads = bench_options.train_threads
+    chosen = choose(precision, "peer", "cpu")
     torch.set_num_threads(threads)
     train_split, test_split = splits_on("cpu")
     benchmark.group = "training: the fastest peer recipe, one epoch"
@@ -232,7 +243,7 @@ def test_peer_recipe(benchmark, new_row, bench_options, splits_on):
     seeds = iter(range(rounds))
 
     def one_run():
-        runs.append(peer.train_peer(train_split, test_split, seed=next(seeds)))
+        runs.append(peer.train_peer(train_split, test_split, seed=next(seeds), precision=chosen))
 
     with Contention() as contention:
         benchmark.pedantic(one_run, rounds=rounds)
@@ -243,6 +254,7 @@ def test_peer_recipe(benchmark, new_row, bench_options, splits_on):
         device="cpu",
         threads=threads,
         recipe="train_mnist_fast: Adam lr 1e-2 betas (0.7, 0.9), one-cycle, batch 256, 1 epoch, no shuffling",
+        **chosen.record(),
         train_seconds=seconds,
         images_per_second=len(train_split) / seconds,
         accuracy=statistics.fmean(a for _, a in runs),

@@ -3,6 +3,7 @@
 examples:
     python -m mnist_zoo all                         # train the zoo, evaluate it on the test set, print the table
     python -m mnist_zoo train lenet --epochs 3 --json
+    python -m mnist_zoo train lenet --precision bf16  # bfloat16 autocast (the CPU's bf16 units), float32 weights
     python -m mnist_zoo evaluate lenet              # accuracy, per class, confusion matrix, robustness
     python -m mnist_zoo evaluate lenet --seeds 5    # retrain with 5 seeds: mean ± std and a 95% interval
     python -m mnist_zoo compare mlp dnn lenet       # side by side over seeds, and which differences are real
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from mnist_zoo import cluster, commands, compare, crossval, data, distributed, predict, studies, sweep
 from mnist_zoo.models import list_models
-from mnist_zoo.recipes import RECIPES
+from mnist_zoo.recipes import PRECISIONS, RECIPES
 from mnist_zoo.util import UserError, guarded
 
 PROG = "mnist-zoo" if Path(sys.argv[0]).name == "mnist-zoo" else "python -m mnist_zoo"
@@ -145,6 +146,11 @@ def _training(
 
     add("--recipe", choices=RECIPES, default="default", help="training recipe (default: default)")
     add("--epochs", type=int, help="override the recipe's epochs (fewer: faster, less accurate)")
+    precision = (
+        "fp32; bf16: bfloat16 autocast, weights stay float32; auto: bf16 where the device has native bf16"
+    )
+    precision += " units and the model is shown as accurate in it, else fp32 (default: the recipe's, fp32)"
+    add("--precision", choices=PRECISIONS, help=precision)
     add("--seed", type=int, default=0, help=f"{'first ' if study else ''}random seed (default: 0)")
     add("--no-progress", action="store_true", default=False, help="no progress bar")
     if not study:

@@ -43,6 +43,7 @@ from mnist_zoo.util import UserError, check_output_dir, environment, out
 SEED_ONLY = (
     "recipe",
     "epochs",
+    "precision",
     "seed",
     "train_size",
     "report_dir",
@@ -54,8 +55,8 @@ SEED_ONLY = (
 
 
 def _recipes(names: list[str], args: argparse.Namespace) -> dict[str, Recipe]:
-    """Each model's recipe: --recipe or --recipe-file, with any --epochs, --batch-size, --lr on top."""
-    overrides = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    """Each model's recipe: --recipe or --recipe-file, with any --epochs, --batch-size, --lr, --precision on top."""
+    overrides = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, precision=args.precision)
     recipes = {n: recipe_for(n, args.recipe, **overrides) for n in names}  # checks the overrides
     if getattr(args, "recipe_file", None):  # sweep's winner
         if args.recipe != "default":
@@ -98,11 +99,12 @@ def _results_table(records: list[dict]) -> Table:
         slices = f" per process, {r['world_size']} processes ({r['backend']})"
     title = f"{r['device_name']} ({r['device']}), {r['threads']} threads{slices}, torch {r['torch_version']}"
     t = Table(title=f"{title}, seed {r['seed']}")
-    for col in ("model", "recipe", "epochs", "test accuracy", "train s", "images/s"):
-        t.add_column(col, justify="left" if col in ("model", "recipe") else "right")
+    for col in ("model", "recipe", "epochs", "precision", "test accuracy", "train s", "images/s"):
+        t.add_column(col, justify="left" if col in ("model", "recipe", "precision") else "right")
     for r in records:
         speed = (f"{r['train_seconds']:.1f}", f"{r['images_per_second']:,.0f}")
-        t.add_row(r["model"], r["recipe"], str(r["epochs"]), f"{r['test_accuracy']:.2%}", *speed)
+        how = (r["recipe"], f"{r['epochs']:g}", r.get("precision", "fp32"))
+        t.add_row(r["model"], *how, f"{r['test_accuracy']:.2%}", *speed)
     contended = [f"{r['model']} {r['contention']:.0%}" for r in records if r["contention"] > CONTENDED]
     if contended:
         t.caption = (

@@ -6,6 +6,7 @@
     ...     work()
     >>> c.record()                            # {"contention": 0.02, "cpus_available": 2.0, "load_average": 0.4}
     >>> cpu.default_threads()                 # all free CPUs; fewer, with a note on stderr, when others are busy
+    >>> cpu.matrix_units("bf16")              # ["amx_bf16", "avx512_bf16"]: the CPU's native bf16 units, if any
 
 Why it matters: torch and onnxruntime split every operator across a team of threads that meet at a barrier.
 When another process takes a core from one of them, the whole team waits for it, once per operator: on a
@@ -145,6 +146,39 @@ def lowered(threads: int, most: int, busy: Contention) -> str:
     """Why fewer threads than CPUs, in words."""
     others = f"other processes kept {busy.others_cpus():.1f} of {available():g} CPUs busy"
     return f"using {threads} thread(s), not {most}: {others}, and a thread team waits for its slowest member"
+
+
+# The CPU features that do bfloat16 or int8 products natively (x86: AMX tiles, AVX-512 dot products; Arm: the
+# bf16 and int8 matrix-multiply extensions), best first. Without them, oneDNN converts bf16 to float32 and back
+# around float32 arithmetic: it works, and is slower than float32 alone.
+MATRIX_UNITS = {
+    "bf16": ("amx_bf16", "avx512_bf16", "bf16"),
+    "int8": ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm"),
+}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags: what torch's cpuinfo reports (torch.cpu.get_capabilities), else /proc/cpuinfo."""
+    try:
+        return {k for k, v in torch.cpu.get_capabilities().items() if v is True}
+    except (AttributeError, RuntimeError):  # an older torch
+        pass
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {
+        f
+        for line in text.splitlines()
+        if line.split(":")[0].strip() in ("flags", "Features")
+        for f in line.split(":", 1)[1].split()
+    }
+
+
+def matrix_units(kind: str) -> list[str]:
+    """This CPU's native units for `kind` ("bf16" or "int8") products, best first; [] when it has none."""
+    flags = cpu_flags()
+    return [f for f in MATRIX_UNITS[kind] if f in flags]
 
 
 def set_threads(threads: int | None) -> int:

@@ -106,6 +106,8 @@ def _record(model_name: str, result: TrainResult, device: torch.device | str, ra
         seconds_to_target=result.seconds_to(target),
         images_per_second=result.images_per_second,
         streams=result.streams,
+        precision=result.precision,
+        precision_reason=result.precision_reason,
     )
     if result.world > 1:
         record.update(ranks.record(), images_per_rank=result.images_seen // result.world)

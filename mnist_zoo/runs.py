@@ -122,6 +122,7 @@ def outcome(result: TrainResult, keep_predictions: bool = False) -> dict:
     assert result.final is not None
     fields = {"accuracy": result.final.accuracy, "loss": result.final.loss}
     fields.update(train_seconds=result.train_seconds, images_per_second=result.images_per_second)
+    fields.update(precision=result.precision, precision_reason=result.precision_reason)
     fields.update(history=result.history, **result.contention, data_sha256=DATA_SHA256)
     fields.update(environment(result.device, result.threads))
     if keep_predictions:

@@ -61,7 +61,7 @@ def _note_reused(store: RunStore) -> None:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    recipe = recipe_for(args.model, args.recipe, epochs=args.epochs)
+    recipe = recipe_for(args.model, args.recipe, epochs=args.epochs, precision=args.precision)
     folder = _reports(args.report_dir)
     split, subset = _training_data(args.data_dir, args.train_size)
     crossval.stratified_folds(split.labels, args.folds)  # a bad --folds is one line, before any note
@@ -135,7 +135,8 @@ def _seed_studies(
     if not 1 <= n_seeds <= compare.MAX_SEEDS:
         raise UserError(f"--seeds must be between 1 and {compare.MAX_SEEDS}, got {n_seeds}")
     recipes: dict[str, Recipe] = {
-        m: recipe_for(m, args.recipe or "default", epochs=args.epochs) for m in models
+        m: recipe_for(m, args.recipe or "default", epochs=args.epochs, precision=args.precision)
+        for m in models
     }
     first = args.seed or 0
     seeds = list(range(first, first + n_seeds))
@@ -261,7 +262,7 @@ def _p(p: float | None) -> str:
 
 def cmd_sweep(args: argparse.Namespace, prog: str) -> int:
     cluster.import_ray("sweep")  # first: without Ray, nothing of a sweep can run
-    base = recipe_for(args.model, args.recipe, epochs=args.epochs)
+    base = recipe_for(args.model, args.recipe, epochs=args.epochs, precision=args.precision)
     grid = sweep.parse_grid(args.grid)
     sweep.configurations(base, grid)  # every combination checked before any work
     if not 1 <= args.seeds <= compare.MAX_SEEDS:

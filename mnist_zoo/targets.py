@@ -41,7 +41,10 @@ TUTORIAL_ACCURACY, TUTORIAL_IMAGES = 0.984, 5 * 60_000
 # reported, never asserted).
 TARGET_TRAIN_SPEEDUP = 5.0  # lenet training images/s vs the tutorial pipeline
 TARGET_TTA_SECONDS = 30.0  # lenet to 99% test accuracy
-TARGET_PEER_RATIO = 0.6  # lenet's seconds to 99% over the peer recipe's one epoch (bench/peer.py), same run
+# lenet's seconds to 99% (its fast recipe) over the peer recipe's one epoch (bench/peer.py), same run, same
+# precision: 0.8, where the fast recipe chosen on held-out data crosses 99% at about epoch 1.1 of lenet's, whose
+# images/s is 1.7x the peer's (0.6 would need 99% within about one epoch: a stretch).
+TARGET_PEER_RATIO = 0.8
 TARGET_TUTORIAL_ACCURACY_SPEEDUP = 15.0  # lenet to the tutorial's 98.4% vs the tutorial's 5 epochs
 TARGET_EPOCH_SECONDS = 1.5  # mlp and dnn: "about 1 s" per epoch
 TARGET_RUNTIME_SPEEDUP = 5.0  # lenet batch 1: fastest runtime vs eager

@@ -17,6 +17,7 @@ processes spends most of a small machine on Python overhead and inter-process co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -32,6 +33,7 @@ from mnist_zoo.augment import random_affine
 from mnist_zoo.cpu import Contention
 from mnist_zoo.data import Split, normalize
 from mnist_zoo.models import get_model, model_info
+from mnist_zoo.precision import autocast, check_no_enclosing_autocast, choose
 from mnist_zoo.recipes import Recipe, lr_at
 from mnist_zoo.util import UserError, seed_everything, torch_threads
 
@@ -84,6 +86,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one row per evaluation
     final: Evaluation | None = None
     contention: dict = field(default_factory=dict)  # cpu.Contention.record(): others' share of the CPUs
+    precision: str = "fp32"  # what ran: precision.choose() from the recipe's precision, and why
+    precision_reason: str = ""
 
     @property
     def images_per_second(self) -> float:
@@ -126,7 +130,16 @@ class SliceGradient:
     small kernels, and splitting each kernel across the cores scales poorly. With `streams` > 1, a pool thread
     per slice takes its part of the batch through forward and backward on a core of its own, and the main thread
     adds the slices' gradients in a fixed order: the sum is the whole batch's gradient (up to float rounding)
-    and does not depend on which slice finishes first."""
+    and does not depend on which slice finishes first.
+
+    cast() is the context of each forward pass and loss, entered on the thread that runs them (autocast is per
+    thread; precision.py); scaler scales the loss before backward (float16 on a GPU; disabled otherwise)."""
+
+    cast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    scaler: torch.amp.GradScaler | None = None
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self.scaler is None else self.scaler.scale(loss)
 
     def __init__(self, model: nn.Module, streams: int) -> None:
         self.model, self.streams, self.params = model, streams, list(model.parameters())
@@ -141,16 +154,18 @@ class SliceGradient:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.pool is None:
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
+            with self.cast():
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y)
             self.model.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaled(loss).backward()
             return loss.detach() * len(y), (logits.detach().argmax(1) == y).sum(), len(y)
 
         def one_slice(xs: torch.Tensor, ys: torch.Tensor) -> tuple:
-            logits = self.model(xs)
-            loss = F.cross_entropy(logits, ys) * (len(ys) / len(y))
-            grads = torch.autograd.grad(loss, self.params)
+            with self.cast():  # here, on the pool thread: autocast's state is per thread
+                logits = self.model(xs)
+                loss = F.cross_entropy(logits, ys) * (len(ys) / len(y))
+            grads = torch.autograd.grad(self.scaled(loss), self.params)
             return loss.detach(), (logits.detach().argmax(1) == ys).sum(), grads
 
         slices = list(self.pool.map(one_slice, x.tensor_split(self.streams), y.tensor_split(self.streams)))
@@ -174,13 +189,14 @@ class ShardGradient(SliceGradient):
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         xs, ys = x.tensor_split(self.world)[self.rank], y.tensor_split(self.world)[self.rank]
-        logits = self.model(xs)
-        if len(ys):
-            loss = F.cross_entropy(logits, ys, reduction="sum") / len(y) * self.world
-        else:  # a last batch smaller than the world: this rank still joins the gradients' all-reduce
-            loss = logits.sum() * 0
+        with self.cast():
+            logits = self.model(xs)
+            if len(ys):
+                loss = F.cross_entropy(logits, ys, reduction="sum") / len(y) * self.world
+            else:  # a last batch smaller than the world: this rank still joins the gradients' all-reduce
+                loss = logits.sum() * 0
         self.model.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaled(loss).backward()
         return loss.detach() * len(y) / self.world, (logits.detach().argmax(1) == ys).sum(), len(ys)
 
 
@@ -239,7 +255,9 @@ def train(
     concurrently, one thread each (default: default_streams, and 1 for a model with BatchNorm; 1 = plain steps).
     on_eval(row) is called with each epoch's history row as it is made (a sweep reports it to Ray Tune).
     ranks: distributed.Ranks under torchrun (then only rank 0 passes `eval_split`); default: one process.
+    The recipe's precision is applied step by step (precision.py); an enclosing torch.autocast is refused.
     """
+    check_no_enclosing_autocast(f"training {model_name}")
     device = torch.device(device)
     threads = torch.get_num_threads() if threads is None else threads
     ranks = ranks or OneProcess()
@@ -260,22 +278,17 @@ def train(
         raise UserError(f"{model_name} cannot train in {streams} streams: {why}")
     if device.type == "cpu" and model_info(model_name).channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # fused: one kernel updates every parameter, instead of a handful of small ops per tensor per step.
-    nesterov = recipe.optimizer == "nesterov"
-    opt = torch.optim.SGD(
-        model.parameters(),
-        recipe.lr,
-        recipe.momentum,
-        weight_decay=recipe.weight_decay,
-        nesterov=nesterov,
-        fused=True,
-    )
+    opt = optimizer(model, recipe)
+    chosen = choose(recipe.precision, model_name, device)
+    # A float16 loss would underflow without scaling; bf16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=chosen.precision == "fp16")
     steps_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
+    total = round(steps_per_epoch * recipe.epochs)
     timing_points = {round(steps_per_epoch * k / TIMING_POINTS) for k in range(1, TIMING_POINTS)}
     pending = sorted({*timed, stop_at_accuracy} - {None}) if eval_split is not None else []
     points: list[tuple[dict, dict]] = []  # (history row, weights) at this epoch's timing points
     result = TrainResult(model, recipe, seed, str(device), threads, streams, ranks.world)
+    result.precision, result.precision_reason = chosen.precision, chosen.reason
     evaluating = 0.0  # evaluation seconds, left out of the training time
     start = _now(device)
     with (
@@ -283,6 +296,7 @@ def train(
         ranks.gradient(model, streams) as gradient,
         torch_threads(max(1, threads // streams)),
     ):
+        gradient.cast, gradient.scaler = (lambda: autocast(chosen, device)), scaler
         for step, (epoch, i, x, y) in enumerate(batches(train_split, recipe, seed, device)):
             # The epoch's running loss and accuracy stay on the device: reading them back would stall a GPU.
             if i == 0:
@@ -291,7 +305,8 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr_at(recipe, step, total)
             loss_sum, correct, images = gradient(x, y)
-            opt.step()
+            scaler.step(opt)  # opt.step(), unless a float16 gradient overflowed
+            scaler.update()
             seen += images
             result.images_seen += len(y)
             run_loss += loss_sum
@@ -302,7 +317,7 @@ def train(
                 info = {"epoch": epoch, "step": step + 1, "total_steps": total, "images": seen}
                 info.update(images_seen=result.images_seen, loss=run_loss, correct=run_correct)
                 on_step({**info, "elapsed": time.perf_counter() - start - evaluating})
-            last = i + 1 == steps_per_epoch
+            last = i + 1 == steps_per_epoch or step + 1 == total  # a fractional last epoch ends early
             if not last and not (pending and i + 1 in timing_points):
                 continue
             paused = _now(device)
@@ -345,6 +360,27 @@ def train(
     return result
 
 
+def optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the model's (float32) parameters. fused: one kernel updates every parameter,
+    instead of a handful of small ops per tensor per step."""
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(
+            model.parameters(),
+            recipe.lr,
+            betas=(recipe.beta1, recipe.beta2),
+            weight_decay=recipe.weight_decay,
+            fused=True,
+        )
+    return torch.optim.SGD(
+        model.parameters(),
+        recipe.lr,
+        recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.optimizer == "nesterov",
+        fused=True,
+    )
+
+
 def _first_crossing(
     model: nn.Module, points: list[tuple[dict, dict]], split: Split, target: float
 ) -> list[dict]:
@@ -370,13 +406,18 @@ def _diverged(model_name: str, recipe: Recipe, step: int, total: int, what: str)
 
 def batches(split: Split, recipe: Recipe, seed: int, device: torch.device):
     """(epoch, step in epoch, normalised images, labels) of every step: slices of a fresh randperm each epoch,
-    augmented if the recipe says so. The permutations and the augmentation's draws come from their own CPU
-    generator, so the order and the warps are the same on every device and every rank."""
+    augmented if the recipe says so; a fractional last epoch stops after its share of the steps. The
+    permutations and the augmentation's draws come from their own CPU generator, so the order and the warps are
+    the same on every device and every rank."""
     images, labels = split.images.to(device), split.labels.to(device)
     gen = torch.Generator().manual_seed(seed)
-    for epoch in range(recipe.epochs):
+    left = round(math.ceil(len(labels) / recipe.batch_size) * recipe.epochs)
+    for epoch in range(math.ceil(recipe.epochs)):
         perm = torch.randperm(len(labels), generator=gen).to(device)
         for i, idx in enumerate(perm.split(recipe.batch_size)):
+            if left == 0:
+                return
+            left -= 1
             augmented = recipe.augment and epoch < recipe.epochs - recipe.plain_epochs
             x = random_affine(images[idx].float(), gen) if augmented else images[idx]
             yield epoch, i, normalize(x), labels[idx]
