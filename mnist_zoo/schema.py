@@ -128,12 +128,16 @@ def field_path(parts: Iterable[str | int]) -> str:
 
 def schema_of(cls: type, *, exact: bool = True) -> dict:
     """A JSON Schema for the fields of dataclass `cls`, derived from its type hints so that it cannot drift
-    from the class: str, int, float, bool, None and unions of them. `exact`: every field required, no other."""
+    from the class: str, int, float, bool, None and unions of them. `exact`: no other field, and every field
+    without a default required (a file written before a setting with a default existed reads with that default)."""
     hints = typing.get_type_hints(cls)
-    properties = {f.name: {"type": _json_types(hints[f.name], cls, f.name)} for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    properties = {f.name: {"type": _json_types(hints[f.name], cls, f.name)} for f in fields}
     schema = {"type": "object", "properties": properties}
     if exact:
-        schema.update(required=list(properties), additionalProperties=False)
+        missing = dataclasses.MISSING
+        required = [f.name for f in fields if f.default is missing and f.default_factory is missing]
+        schema.update(required=required, additionalProperties=False)
     return schema
 
 

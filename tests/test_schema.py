@@ -23,10 +23,10 @@ def _recipe_doc(**changes) -> dict:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"epochs": 1.5}, "recipe.epochs must be integer, got 1.5"),
-        ({"epochs": 1.0}, "recipe.epochs must be integer, got 1.0"),  # range(1.0) would fail mid-run
-        ({"epochs": "1.5x"}, "recipe.epochs must be integer, got '1.5x'"),
-        ({"epochs": True}, "recipe.epochs must be integer, got True"),
+        ({"batch_size": 1.5}, "recipe.batch_size must be integer, got 1.5"),
+        ({"batch_size": 128.0}, "recipe.batch_size must be integer, got 128.0"),  # a float slice fails mid-run
+        ({"epochs": "1.5x"}, "recipe.epochs must be number, got '1.5x'"),  # epochs may be fractional
+        ({"epochs": True}, "recipe.epochs must be number, got True"),
         ({"name": {"a": 1}}, "recipe.name must be string, got {'a': 1}"),
         ({"lr": None}, "recipe.lr must be number, got None"),
         ({"augment": 1}, "recipe.augment must be boolean, got 1"),
@@ -51,9 +51,18 @@ def test_a_written_recipe_file_reads_back(tmp_path):
 
 def test_the_recipe_schema_follows_the_dataclass():
     schema = schema_of(Recipe)
-    assert schema["properties"]["epochs"] == {"type": "integer"}
+    assert schema["properties"]["batch_size"] == {"type": "integer"}
     assert schema["properties"]["lr"] == {"type": "number"}
-    assert set(schema["required"]) == set(asdict(recipe_for("mlp")))
+    assert set(schema["properties"]) == set(asdict(recipe_for("mlp")))
+    assert set(schema["required"]) == {"name", "epochs", "batch_size", "lr"}  # the settings without a default
+
+
+def test_a_recipe_file_from_before_a_setting_existed_reads_with_its_default(tmp_path):
+    path = recipes.write_recipe_file(tmp_path / "old.json", "mlp", recipe_for("mlp"), {})
+    doc = json.loads(path.read_text())
+    del doc["recipe"]["precision"], doc["recipe"]["beta1"]
+    path.write_text(json.dumps(doc))
+    assert recipes.read_recipe_file(path, "mlp") == recipe_for("mlp")
 
 
 def test_size_and_nesting_are_capped_before_parsing(tmp_path):
