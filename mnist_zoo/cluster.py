@@ -7,11 +7,16 @@
     >>> store, on_ray = RunStore("reports", device=cpu, threads=1), RayExecutor(None, cpu, threads=1)
     >>> records = run_jobs(jobs, {"train": train_split, "test": test_split}, store, on_ray)
 
+A cluster is any Ray reachable at ADDRESS (docs/scaling.md#on-a-cluster says how to start one; tests/cluster_fixtures.py
+starts a real two-node one on this machine). Each run's record says which Ray node trained it (`ray_node_id`).
+
 Each run is one Ray task asking for `threads` CPUs (a GPU on CUDA), so Ray runs as many at once as the cluster
 has room for. The uint8 splits go to the object store once; a task gets only its indices into them, so workers
 need no copy of MNIST. Tasks return plain numbers and the driver writes every finished run into the runs store,
 exactly as the sequential path does: a run's key, record and result are the same either way for the same seed,
-recipe and thread count (training is deterministic), so Ctrl-C and re-runs behave as they do without Ray.
+recipe and thread count (training is deterministic), so Ctrl-C and re-runs behave as they do without Ray. A run
+whose worker or node dies is tried again (on another node if need be); one that is lost all the same is one line
+naming it, with every finished run saved, so the same command again trains only the rest.
 Ray is an optional extra (pip install 'mnist-zoo[ray]') and is imported only when --ray is given.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -38,6 +44,12 @@ LOCAL = "local"  # --ray with no address: a local Ray on the CPUs available here
 # Threads per run when --ray is given without --threads: on a CPU, one run per core trains more images a second
 # in all than fewer runs with more threads each (a small model's kernels scale poorly across threads).
 DEFAULT_THREADS = 1
+# A run whose worker process or node dies (a machine lost, memory exhausted) is started again this many times
+# before the driver gives it up; errors raised by the training itself (a diverged run) are never retried.
+RETRIES = 2
+REACH_SECONDS = (
+    5  # a TCP connect to ADDRESS first: Ray itself waits minutes on an address where nothing listens
+)
 
 
 def import_ray(why: str = "--ray") -> ModuleType:
@@ -60,6 +72,19 @@ def check_address(address: str | None) -> None:
     )
 
 
+def check_reachable(address: str) -> None:
+    """A one-line error within REACH_SECONDS when nothing listens at host:port or ray://host:port ('auto' and a
+    local Ray are Ray's to find)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS).close()
+    except (OSError, ValueError) as e:
+        reason = "not a port" if isinstance(e, ValueError) else (e.strerror or type(e).__name__).lower()
+        raise UserError(f"cannot reach Ray at {address}: {reason}") from None
+
+
 @contextmanager
 def connected(address: str | None) -> Iterator[ModuleType]:
     """Ray, initialised: a local Ray on this machine's CPUs (address None) or the cluster at `address`; shut
@@ -72,7 +97,10 @@ def connected(address: str | None) -> Iterator[ModuleType]:
             if address is None:
                 ray.init(num_cpus=max(1, math.floor(cpu.available())), **quiet)
             else:
+                check_reachable(address)
                 ray.init(address=address, **quiet)
+        except UserError:
+            raise
         except Exception as e:  # ConnectionError, RuntimeError, ValueError...: Ray's messages run to lines
             reason = first_line(e)
             where = "start a local Ray" if address is None else f"reach Ray at {address}"
@@ -85,12 +113,15 @@ def connected(address: str | None) -> Iterator[ModuleType]:
 
 
 def train_job(data: dict[str, Split], job: Job, threads: int, device: str) -> dict:
-    """The Ray task: one run on `threads` intra-op threads; returns its outcome (plain data, no model)."""
+    """The Ray task: one run on `threads` intra-op threads; returns its outcome (plain data, no model) and the
+    Ray node it ran on."""
+    import ray
+
     train_split, eval_split = job.splits(data)
     result = train(
         job.model, job.recipe, train_split, eval_split, seed=job.seed, device=device, threads=threads
     )
-    return outcome(result, job.keep_predictions)
+    return {**outcome(result, job.keep_predictions), "ray_node_id": ray.get_runtime_context().get_node_id()}
 
 
 class RayExecutor:
@@ -109,14 +140,14 @@ class RayExecutor:
             )
             err.print(f"ray: {len(jobs)} run(s) to train, {at_once}", highlight=False)
             gpus = 1 if self.device.type == "cuda" else 0
-            task = ray.remote(train_job).options(num_cpus=self.threads, num_gpus=gpus, max_retries=0)
+            task = ray.remote(train_job).options(num_cpus=self.threads, num_gpus=gpus, max_retries=RETRIES)
             shared = ray.put(data)  # once: every task reads the same uint8 tensors from the object store
             running = {task.remote(shared, job, self.threads, str(self.device)): i for i, job in jobs.items()}
             try:
                 while running:
                     [ready], _ = ray.wait(list(running), num_returns=1)
                     i = running.pop(ready)
-                    fields = _result(ray, ready)
+                    fields = _result(ray, ready, jobs[i].label, len(jobs) - len(running) - 1)
                     if (
                         progress is not None
                     ):  # workers report no steps while they train: the run joins at once
@@ -127,11 +158,17 @@ class RayExecutor:
                     ray.cancel(ref, force=True)
 
 
-def _result(ray: ModuleType, ref) -> dict:
-    """A task's outcome; a run that failed for a reason the user can fix (diverged) is that one-line error."""
+def _result(ray: ModuleType, ref, label: str, finished: int) -> dict:
+    """A task's outcome; a run that failed for a reason the user can fix (diverged) is that one-line error, and so
+    is one that Ray lost (its node died more often than RETRIES allows)."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, UserError):
             raise e.cause from None
         raise
+    except ray.exceptions.RayError as e:  # WorkerCrashedError, NodeDiedError, ObjectLostError...
+        raise UserError(
+            f"run {label} was lost on Ray ({type(e).__name__}: {first_line(e)}); the {finished} run(s) "
+            "finished before it are saved: the same command again trains the rest"
+        ) from None
