@@ -7,8 +7,9 @@
     >>> store, on_ray = RunStore("reports", device=cpu, threads=1), RayExecutor(None, cpu, threads=1)
     >>> records = run_jobs(jobs, {"train": train_split, "test": test_split}, store, on_ray)
 
-A cluster is any Ray reachable at ADDRESS (docs/scaling.md#on-a-cluster says how to start one; tests/cluster_fixtures.py
-starts a real two-node one on this machine). Each run's record says which Ray node trained it (`ray_node_id`).
+A cluster is any Ray reachable at ADDRESS (docs/scaling.md, "On a cluster", says how to start one;
+tests/cluster_fixtures.py starts a real two-node one on one machine). Each run's record says which Ray node
+trained it (`ray_node_id`).
 
 Each run is one Ray task asking for `threads` CPUs (a GPU on CUDA), so Ray runs as many at once as the cluster
 has room for. The uint8 splits go to the object store once; a task gets only its indices into them, so workers
@@ -47,9 +48,9 @@ DEFAULT_THREADS = 1
 # A run whose worker process or node dies (a machine lost, memory exhausted) is started again this many times
 # before the driver gives it up; errors raised by the training itself (a diverged run) are never retried.
 RETRIES = 2
-REACH_SECONDS = (
-    5  # a TCP connect to ADDRESS first: Ray itself waits minutes on an address where nothing listens
-)
+# A TCP connect to ADDRESS first, for this long: Ray itself waits minutes on an address where nothing listens.
+REACH_SECONDS = 5
+CLIENT_ATTEMPTS = 2  # Ray Client connections tried (see _init)
 
 
 def import_ray(why: str = "--ray") -> ModuleType:
@@ -85,6 +86,22 @@ def check_reachable(address: str) -> None:
         raise UserError(f"cannot reach Ray at {address}: {reason}") from None
 
 
+def _init(ray: ModuleType, address: str, options: dict) -> None:
+    """ray.init at `address`. Through Ray Client, once more if the cluster failed to start this session's
+    server: Ray 2.60's proxy sometimes does on a first connection (seen on a two-node cluster on one machine)."""
+    for attempt in range(CLIENT_ATTEMPTS if address.startswith("ray://") else 1):
+        try:
+            ray.init(address=address, **options)
+            return
+        except ConnectionError as e:
+            if attempt + 1 == CLIENT_ATTEMPTS or "failure from server" not in str(e):
+                raise
+            err.print(
+                f"ray: {address} failed to start a server for this session; trying again", highlight=False
+            )
+            ray.shutdown()
+
+
 @contextmanager
 def connected(address: str | None) -> Iterator[ModuleType]:
     """Ray, initialised: a local Ray on this machine's CPUs (address None) or the cluster at `address`; shut
@@ -92,13 +109,13 @@ def connected(address: str | None) -> Iterator[ModuleType]:
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
-        quiet = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
         try:
             if address is None:
-                ray.init(num_cpus=max(1, math.floor(cpu.available())), **quiet)
-            else:
+                ray.init(num_cpus=max(1, math.floor(cpu.available())), include_dashboard=False, **quiet)
+            else:  # (a cluster's dashboard is its own: Ray Client refuses to connect when asked about it)
                 check_reachable(address)
-                ray.init(address=address, **quiet)
+                _init(ray, address, quiet)
         except UserError:
             raise
         except Exception as e:  # ConnectionError, RuntimeError, ValueError...: Ray's messages run to lines

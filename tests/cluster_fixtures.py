@@ -1,20 +1,20 @@
 """A real two-node Ray cluster on this machine (a head and a worker, each its own raylet and 1 CPU, started with
-`ray start` as on two machines), for the tests marked `cluster` (tests/test_two_node.py). It is also the recipe
-docs/scaling.md gives for real machines: one token shared by every node and driver, `ray start --head` on one,
-`ray start --address HEAD:PORT` on the others.
+`ray start` as on two machines), for the tests marked `cluster` (tests/test_two_node.py). It is also the
+recipe docs/scaling.md gives for real machines: one token shared by every node and driver, `ray start --head`
+on one, `ray start --address HEAD:PORT` on the others (docs/scaling.md, "On a cluster").
 
     with TwoNodeRay(Path(tmp)) as cluster:
         subprocess.run([..., "--ray", cluster.address], env=cluster.env)  # or cluster.client_address (ray://)
         cluster.kill_worker()                                              # the worker machine lost
 
 Every address given is 127.0.0.1 (Ray on Linux advertises the machine's own address for it: a loopback address
-cannot reach other machines, so Ray never registers one). Each node has a short temp dir of its own (Ray's unix
-sockets live there, and their paths may not pass 107 bytes). Since Ray 2.59 a cluster started by `ray start` turns
-on token authentication whenever a token exists (and every cluster from 2.61), so the token is explicit: a file
-of our own named by RAY_AUTH_TOKEN_PATH, never ~/.ray/auth_token, in the environment of both nodes and of every
-driver. Stopping sends SIGTERM to each `ray start --block` (it stops its node's processes and reaps them), then
-SIGKILL to whatever of that node is left; `leftovers()` finds any process of this cluster still running, by a
-variable only its processes carry.
+cannot reach other machines, so Ray never registers one). Each node has a short temp dir of its own (Ray's
+unix sockets live there, and their paths may not pass 107 bytes). Since Ray 2.59 a cluster started by `ray
+start` turns on token authentication whenever a token exists (and every cluster from 2.61), so the token is
+explicit: a file of our own named by RAY_AUTH_TOKEN_PATH, never ~/.ray/auth_token, in the environment of both
+nodes and of every driver. Stopping sends SIGTERM to each `ray start --block` (it stops its node's processes
+and reaps them), then SIGKILL to whatever of that node is left; `leftovers()` finds any process of this
+cluster still running, by a variable only its processes carry.
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ class TwoNodeRay:
             "    nodes = [n for n in ray.nodes() if n['Alive']]\n"
             "    if len(nodes) == int(sys.argv[2]): break\n"
             "    time.sleep(0.5)\n"
-            "ids = {('head' if 'node:__internal_head__' in n['Resources'] else 'worker'): n['NodeID'] for n in nodes}\n"
+            "role = lambda n: 'head' if 'node:__internal_head__' in n['Resources'] else 'worker'\n"
+            "ids = {role(n): n['NodeID'] for n in nodes}\n"
             "print(json.dumps(ids))\n"
         )
         command = [sys.executable, "-c", code, self.address, str(alive)]
