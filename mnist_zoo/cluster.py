@@ -23,9 +23,11 @@ Ray is an optional extra (pip install 'mnist-zoo[ray]') and is imported only whe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -105,7 +107,15 @@ def _init(ray: ModuleType, address: str, options: dict) -> None:
 @contextmanager
 def connected(address: str | None) -> Iterator[ModuleType]:
     """Ray, initialised: a local Ray on this machine's CPUs (address None) or the cluster at `address`; shut
-    down afterwards if this call started it. An already initialised Ray (a notebook's, a test's) is used as is."""
+    down afterwards if this call started it. An already initialised Ray (a notebook's, a test's) is used as is.
+    Meanwhile stdout is stderr: Ray prints its nodes' messages there (a task retried), and stdout is the
+    command's (--json)."""
+    with contextlib.redirect_stdout(sys.stderr), _connected(address) as ray:
+        yield ray
+
+
+@contextmanager
+def _connected(address: str | None) -> Iterator[ModuleType]:
     ray = import_ray()
     started = not ray.is_initialized()
     if started:

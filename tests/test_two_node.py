@@ -70,15 +70,25 @@ def test_cv_runs_on_both_nodes_with_the_sequential_results(two_nodes, sequential
     assert sorted(_nodes(out["fold_results"])) == sorted(two_nodes.node_ids.values())
 
 
-@pytest.mark.parametrize("via", ["address", "client"])
-def test_a_sweep_runs_on_both_nodes(two_nodes, via, tmp_path):
-    address = two_nodes.address if via == "address" else two_nodes.client_address
-    argv = ["sweep", "mlp", "--grid", "lr=0.05,1e-5", "--folds", "2", "--epochs", "1", "--train-size", "600"]
-    argv += ["--threads", "1", "--scheduler", "fifo", "--json", "--report-dir", str(tmp_path)]
-    code, out, err = _run(two_nodes, *argv, f"--ray={address}")
+def test_a_sweep_runs_on_both_nodes(two_nodes, tmp_path):
+    argv = [
+        "sweep",
+        "mlp",
+        "--grid",
+        "lr=0.05,1e-5",
+        "--epochs",
+        "1",
+        "--train-size",
+        "600",
+        "--threads",
+        "1",
+    ]
+    argv += ["--scheduler", "fifo", "--json", "--report-dir", str(tmp_path), f"--ray={two_nodes.address}"]
+    code, out, err = _run(two_nodes, *argv)
     assert code == 0, err[-3000:]
-    assert out["cpus"] == 2 and len(out["trials"]) == 4 and all(t["finished"] for t in out["trials"])
-    assert {t["ray_node_id"] for t in out["trials"]} == set(two_nodes.node_ids.values())
+    assert out["cpus"] == 2 and len(out["trials"]) == 2 and all(t["finished"] for t in out["trials"])
+    # 2 trials of 1 CPU each on 2 nodes of 1 CPU: one on each
+    assert sorted(t["ray_node_id"] for t in out["trials"]) == sorted(two_nodes.node_ids.values())
     best, worst = out["configurations"]
     assert best["grid"] == {"lr": 0.05} and best["accuracy"]["mean"] > worst["accuracy"]["mean"]
 
@@ -92,9 +102,7 @@ def _worker_is_training(cluster: TwoNodeRay) -> bool:
     """Whether a process of the worker node is running a task now (Ray names it after the task)."""
     try:
         node = psutil.Process(cluster.nodes["worker"].pid).children(recursive=True)
-        return any(
-            p.name().startswith("ray::train_job") or "ray::train_job" in " ".join(p.cmdline()) for p in node
-        )
+        return any("ray::train_job" in " ".join([p.name(), *p.cmdline()]) for p in node)
     except psutil.Error:
         return False
 
@@ -131,9 +139,9 @@ def test_the_worker_node_lost_mid_run_loses_no_finished_run(retries, tmp_path):
         code, again, err = _run(cluster, *argv, f"--ray={cluster.address}")
         assert code == 0, err[-3000:]
         assert again["complete"] and sum(r["reused"] for r in again["fold_results"]) >= len(saved)
-        assert {r["ray_node_id"] for r in again["fold_results"] if not r["reused"]} <= {
-            cluster.node_ids["head"]
-        }
+        trained = [r for r in again["fold_results"] if not r["reused"]]
+        assert len(trained) >= (0 if retries else 1)  # at least the lost run
+        assert set(_nodes(trained)) <= {cluster.node_ids["head"]}  # the worker is gone
     assert not cluster.leftovers()
 
 
