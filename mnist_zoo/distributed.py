@@ -9,8 +9,9 @@
 with `Ranks` in place of one process: every rank draws the same batches from the same seeded permutation and
 takes its shard of each (train.ShardGradient), so the global batch is the recipe's batch and the recipe means
 what it means on one process. Rank 0 evaluates, shows progress and saves the checkpoint (fit.py); the record
-says the world size and the backend. Each rank uses its CPUs' share of threads (--threads sets it) and plain
-steps: the shards are the slices that one process cuts on its own.
+says the world size, the backend and the nodes (each torchrun agent's host, node rank and ranks). Each rank uses
+its CPUs' share of threads (--threads sets it) and plain steps: the shards are the slices that one process cuts
+on its own.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class Ranks(OneProcess):
     def __init__(self, device: torch.device, backend: str) -> None:
         self.device, self.backend = device, backend
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        # Where each rank runs: its host and its agent's node rank (torchrun's GROUP_RANK). Two agents on one
+        # machine share a host but not a node rank, so the node rank is what tells the nodes apart.
+        self.places: list = [None] * self.world
+        dist.all_gather_object(self.places, (socket.gethostname(), int(os.environ.get("GROUP_RANK", "0"))))
 
     def gradient(self, model: nn.Module, streams: int) -> ShardGradient:
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -101,4 +106,8 @@ class Ranks(OneProcess):
         return c.record()
 
     def record(self) -> dict:
-        return {"world_size": self.world, "backend": self.backend}
+        nodes = {
+            place: [r for r, p in enumerate(self.places) if p == place] for place in sorted(set(self.places))
+        }
+        nodes = [{"host": host, "node_rank": node, "ranks": ranks} for (host, node), ranks in nodes.items()]
+        return {"world_size": self.world, "backend": self.backend, "nodes": nodes}

@@ -104,14 +104,18 @@ def _trial(
     device: str,
 ) -> None:
     """One Tune trial: one configuration, seed and fold; reports held-out accuracy after every epoch."""
+    import ray
     from ray import tune
 
     held = held_out[config["fold"]]
     rest = torch.ones(len(data), dtype=torch.bool)
     rest[held] = False
 
+    node = ray.get_runtime_context().get_node_id()  # which Ray node trained it, in the record
+
     def report(row: dict) -> None:
-        tune.report({METRIC: row["eval_accuracy"], "heldout_loss": row["eval_loss"], "epoch": row["epoch"]})
+        metrics = {METRIC: row["eval_accuracy"], "heldout_loss": row["eval_loss"], "epoch": row["epoch"]}
+        tune.report({**metrics, "ray_node_id": node})
 
     recipe = replace(base, **config["recipe"])
     train(
@@ -198,6 +202,7 @@ def _trial_record(result, base: Recipe) -> dict:
     reached = int(metrics.get("training_iteration", 0))
     trial = {"recipe": config["recipe"], "seed": config["seed"], "fold": config["fold"], "epochs": epochs}
     trial.update(epochs_reached=reached, accuracy=metrics.get(METRIC), finished=reached == epochs)
+    trial["ray_node_id"] = metrics.get("ray_node_id")
     if result.error is not None:  # a diverged run (or a crashed one): the reason, in one line
         trial["error"] = (
             str(getattr(result.error, "cause", None) or result.error).strip().splitlines() or ["?"]

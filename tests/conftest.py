@@ -52,3 +52,25 @@ def ray_2_cpus():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+CLUSTER_NOT_RUN = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The cluster tests (a two-node Ray cluster and two torchrun agents: minutes) run when asked for, by
+    `-m cluster` or by naming tests/test_two_node.py (tox -e ray, CI's own step); plain `pytest` deselects them
+    and its summary says so."""
+    if "cluster" in (config.option.markexpr or "") or any("test_two_node" in a for a in config.args):
+        return
+    dropped = [i for i in items if i.get_closest_marker("cluster")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if not i.get_closest_marker("cluster")]
+        config.stash[CLUSTER_NOT_RUN] = len(dropped)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if config.stash.get(CLUSTER_NOT_RUN, 0):
+        n = config.stash[CLUSTER_NOT_RUN]
+        terminalreporter.write_line(f"{n} cluster tests not run: pytest -m cluster runs them (tox -e ray)")

@@ -148,10 +148,7 @@ def test_ray_with_nothing_listening_is_one_line_at_once(tmp_path, capsys):
         start = time.monotonic()
         assert main([*argv, "--report-dir", str(tmp_path), "--ray", address]) == 1
         err = capsys.readouterr().err
-        assert (
-            err
-            == f"error: cannot reach Ray at {address}: nothing answers at 127.0.0.1:{port} (Connection refused)\n"
-        )
+        assert err == f"error: cannot reach Ray at {address}: connection refused\n"
         assert time.monotonic() - start < 30  # Ray itself retried for minutes
 
 
@@ -159,14 +156,13 @@ def test_a_ray_address_that_does_not_answer_is_one_line(monkeypatch):
     from mnist_zoo import cluster
 
     def silent(address, timeout):  # what a host that drops packets does, without waiting for it
-        assert timeout == cluster.PROBE_S
+        assert timeout == cluster.REACH_SECONDS
         raise TimeoutError("timed out")
 
     monkeypatch.setattr(socket, "create_connection", silent)
-    with pytest.raises(
-        UserError, match=r"^cannot reach Ray at ray://head:10001: nothing answers at head:10001 \(no"
-    ):
-        cluster.probe("ray://head:10001")
-    cluster.probe("auto")  # Ray finds it: not probed
-    with pytest.raises(UserError, match="not an address"):
-        cluster.probe("head:99999")
+    with pytest.raises(UserError, match=r"^cannot reach Ray at ray://head:10001: no answer in 5 s$"):
+        cluster.check_reachable("ray://head:10001")
+    cluster.check_reachable("auto")  # Ray finds it: not probed
+    for address in ("head:port", "head:99999"):
+        with pytest.raises(UserError, match="not a port"):
+            cluster.check_reachable(address)

@@ -24,7 +24,10 @@ def _recipe_doc(**changes) -> dict:
     "changes, message",
     [
         ({"batch_size": 1.5}, "recipe.batch_size must be integer, got 1.5"),
-        ({"batch_size": 128.0}, "recipe.batch_size must be integer, got 128.0"),  # a float slice fails mid-run
+        (
+            {"batch_size": 128.0},
+            "recipe.batch_size must be integer, got 128.0",
+        ),  # a float slice fails mid-run
         ({"epochs": "1.5x"}, "recipe.epochs must be number, got '1.5x'"),  # epochs may be fractional
         ({"epochs": True}, "recipe.epochs must be number, got True"),
         ({"name": {"a": 1}}, "recipe.name must be string, got {'a': 1}"),
