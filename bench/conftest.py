@@ -217,7 +217,7 @@ def train_to_target(splits_on, bench_options: Options):
         train_split, test_split = splits_on(device)
         return train(
             name,
-            recipe_for(name, race_recipe(name), precision=precision),
+            recipe_for(name, race_recipe(name, bench_options.quick), precision=precision),
             train_split,
             test_split,
             seed=SEED,
@@ -229,12 +229,14 @@ def train_to_target(splits_on, bench_options: Options):
     return run
 
 
-def race_recipe(name: str) -> str:
+def race_recipe(name: str, quick: bool = False) -> str:
     """The recipe the time-to-accuracy rows race with: the model's fast recipe where it has one (lenet's, against
-    the peer recipe), else its default."""
+    the peer recipe), else its default. Quick runs (bench check's floors) train the default recipe: lenet's fast
+    one ends a few hundredths of a point above its 99% target, so another CPU's rounding could fail CI's floor,
+    where the default crosses 99% with more than an epoch to spare; the baseline's ratios were measured on it."""
     from mnist_zoo.recipes import FAST
 
-    return "fast" if name in FAST else "default"
+    return "fast" if name in FAST and not quick else "default"
 
 
 def skip_untrained_in_quick(bench_options: Options, name: str, trained: bool = True) -> None:

@@ -139,7 +139,7 @@ def test_time_to_accuracy(
         model=model_name,
         device=str(torch_device),
         threads=bench_options.train_threads,
-        recipe=race_recipe(model_name),
+        recipe=race_recipe(model_name, bench_options.quick),
         precision=result.precision,
         precision_reason=result.precision_reason,
         target=target,
@@ -156,7 +156,7 @@ def test_time_to_accuracy(
     )
     best = max((a for _, a in curve), default=0.0)
     assert crossing is not None, (
-        f"{model_name} did not reach {target:.1%} test accuracy within its {race_recipe(model_name)} recipe "
+        f"{model_name} did not reach {target:.1%} test accuracy within its {race_recipe(model_name, bench_options.quick)} recipe "
         f"in {result.precision} (best {best:.2%})"
     )
 
