@@ -3,6 +3,7 @@
     >>> measure("ort-fp32", Path("lenet.onnx"), "lenet", threads=2, runs=3)
     {'cold_start_s': 0.52, 'peak_rss_mb': 91.0, 'deployment': {...}}
 
+A plugin runtime's child builds it with its own factory (bench.runtimes.Runtime.load), importing torch.
 The child runs what a deployment of that runtime would: it imports only that runtime (torch for eager,
 TorchScript and torch.compile; onnxruntime or openvino, and numpy, for the ONNX files; not this project's
 benchmark code, which imports torch), loads the artifact (builds the session, compiles the model), answers one
@@ -70,7 +71,7 @@ def _load(runtime: str, path: str, model: str, threads: int) -> Callable:
         request = ov.Core().compile_model(path, "CPU", openvino_config(threads, 1)).create_infer_request()
         return lambda x: request.infer({0: x}, share_inputs=True)[0]
     if runtime not in ("eager", "torchscript", "compile"):
-        raise SystemExit(f"error: unknown runtime {runtime!r}")
+        return _plugin(runtime, path, threads)
     import torch
 
     torch.set_num_threads(threads)
@@ -92,6 +93,28 @@ def _load(runtime: str, path: str, model: str, threads: int) -> Callable:
             return module(torch.from_numpy(x)).numpy()
 
     return run
+
+
+def _plugin(name: str, path: str, threads: int) -> Callable:
+    """A plugin runtime, built by its own factory: through bench.runtimes, so its cold start includes importing
+    torch (a plugin's Job may carry the PyTorch model)."""
+    import torch
+
+    from bench.runtimes import Job, runtime
+    from mnist_zoo.util import UserError
+
+    try:
+        spec = runtime(name)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+    model = None
+    if spec.artifact == "checkpoint":
+        from mnist_zoo.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(path)
+    torch.set_num_threads(threads)
+    predictor = spec.load(Job(Path(path), model, torch.device("cpu"), threads, batch=1))
+    return lambda x: predictor.logits(torch.from_numpy(x)).numpy()
 
 
 def peak_rss_mb() -> float:
