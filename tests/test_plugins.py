@@ -189,3 +189,124 @@ def test_a_plugin_recipe_file_is_read_for_its_declared_name(plugin_dir, tmp_path
     assert read_recipe_file(path, "plain").lr == GENERIC.lr  # checked against the plugin's declared name
     with pytest.raises(UserError, match="is a recipe for 'plain', not 'lenet'"):
         read_recipe_file(path, "lenet")
+
+
+RUNTIME_PLUGIN = """
+from bench.runtimes import Job, Predictor, Runtime, _torch_predictor
+
+seen = []
+
+
+def load(job: Job) -> Predictor:
+    seen.append(job)
+    return _torch_predictor(job.model.eval(), job.device, {"plugin": "doubled"})
+
+
+RT = Runtime("twin", "Twin eager", "checkpoint", load)
+EAGER = Runtime("eager", "Another eager", "onnx", load)
+WRONG = "not a runtime"
+"""
+
+
+@pytest.fixture
+def runtime_dir(plugin_dir, monkeypatch):
+    from bench import runtimes
+
+    (plugin_dir / "zoo_rt_plugin.py").write_text(RUNTIME_PLUGIN)
+    monkeypatch.delenv(runtimes.SPECS_ENV, raising=False)
+    saved = dict(runtimes._PLUGINS), dict(runtimes._BROKEN), dict(runtimes.LABELS), runtimes._loaded
+    yield plugin_dir
+    for live, old in zip((runtimes._PLUGINS, runtimes._BROKEN, runtimes.LABELS), saved[:3], strict=True):
+        live.clear()
+        live.update(old)
+    runtimes._loaded = saved[3]
+    sys.modules.pop("zoo_rt_plugin", None)
+
+
+def test_a_runtime_spec_builds_predictors_through_its_factory(runtime_dir, tmp_path):
+    from bench import runtimes
+
+    rt = runtimes.runtime("zoo_rt_plugin:RT")
+    assert (rt.name, rt.source) == ("twin", "zoo_rt_plugin:RT") and runtimes.runtime_names()[-1] == "twin"
+    assert runtimes.label("twin") == "Twin eager" and runtimes.in_order(["twin", "eager"]) == [
+        "eager",
+        "twin",
+    ]
+    torch.manual_seed(0)
+    model, x = models.get_model("lenet").eval(), torch.randn(4, 1, 28, 28)
+    exports = runtimes.Exports(tmp_path, None)
+    predictor = runtimes.build("twin", model, torch.device("cpu"), 1, exports, "lenet", batch=4)
+    assert torch.equal(predictor.logits(x), model(x)) and predictor.info == {"plugin": "doubled"}
+    [job] = sys.modules["zoo_rt_plugin"].seen
+    assert job.artifact.name.endswith(".checkpoint.pt") and job.artifact.is_file() and job.batch == 4
+    assert runtimes.unavailable("twin", torch.device("cpu")) is None
+    assert "plugin runtime" in runtimes.bf16_unavailable("twin", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "zoo_rt_plugin:EAGER",
+            "runtime plugin zoo_rt_plugin:EAGER (zoo_rt_plugin:EAGER): the name 'eager' is taken",
+        ),
+        ("zoo_rt_plugin:WRONG", "runtime plugin zoo_rt_plugin:WRONG (zoo_rt_plugin:WRONG): names str, not a"),
+        (
+            "zoo_broken_plugin:RT",
+            "runtime plugin zoo_broken_plugin:RT (zoo_broken_plugin:RT): ModuleNotFoundError",
+        ),
+    ],
+)
+def test_a_broken_runtime_is_one_line_naming_it(runtime_dir, spec, message):
+    from bench import runtimes
+
+    with pytest.raises(UserError, match="^" + re.escape(message)):
+        runtimes.runtime(spec)
+    assert runtimes.runtime("eager").label == "PyTorch eager"
+
+
+def test_a_broken_runtime_entry_point_is_a_warning(runtime_dir, monkeypatch):
+    from bench import runtimes
+
+    eps = [
+        EntryPoint("gone", "zoo_broken_plugin:RT", runtimes.GROUP),
+        EntryPoint("twin", "zoo_rt_plugin:RT", runtimes.GROUP),
+    ]
+    monkeypatch.setattr(runtimes, "entry_points", lambda group: [e for e in eps if e.group == group])
+    runtimes._loaded = False
+    assert runtimes.runtime_names()[-1] == "twin"
+    [problem] = runtimes.runtime_problems()
+    assert problem.startswith("runtime plugin gone (zoo_broken_plugin:RT): ModuleNotFoundError")
+    with pytest.raises(UserError, match="^runtime plugin gone"):
+        runtimes.runtime("gone")
+
+
+def _collect(plugin_dir: Path, *options: str) -> subprocess.CompletedProcess:
+    cmd = [
+        "-m",
+        "pytest",
+        str(ROOT / "bench" / "test_inference.py"),
+        "--benchmark-only",
+        "--collect-only",
+        "-q",
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{plugin_dir}"}
+    return subprocess.run([sys.executable, *cmd, *options], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def test_the_benchmark_selects_plugin_models_and_runtimes(runtime_dir):
+    proc = _collect(
+        runtime_dir,
+        "--bench-models",
+        "lenet,zoo_test_plugin:tiny",
+        "--bench-runtimes",
+        "ort-fp32,zoo_rt_plugin:RT",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {m.groups() for m in re.finditer(r"::test_latency\[(\w+)-([\w-]+?)-b\d+-", proc.stdout)}
+    assert rows == {(m, rt) for m in ("lenet", "tiny") for rt in ("ort-fp32", "twin")}
+    proc = _collect(runtime_dir, "--bench-models", "lenet,zoo_test_plugin:five")
+    assert (
+        proc.returncode != 0
+        and "--bench-models: model plugin 'five' (zoo_test_plugin:five): given" in proc.stderr
+    )
