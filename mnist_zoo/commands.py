@@ -211,7 +211,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         t.add_row(r["model"], f"{r['params']:,}", f"{r['macs']:,}", trained, acc)
     out.print(t)
     for r in rows:
-        where = "" if r["source"] == "mnist_zoo.models" else f" [{r['source']}]"
+        where = "" if r["source"] == "mnist_zoo.models" else f" (plugin: {r['source']})"
         out.print(f"  {r['model']:<6} {r['description']}{where}", highlight=False)
     out.print(f"checkpoints in {checkpoint_dir()}", highlight=False)
     return 0
