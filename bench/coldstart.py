@@ -3,7 +3,7 @@
     >>> measure("ort-fp32", Path("lenet.onnx"), "lenet", threads=2, runs=3)
     {'cold_start_s': 0.52, 'peak_rss_mb': 91.0, 'deployment': {...}}
 
-A plugin runtime's child builds it with its own factory (bench.runtimes.Runtime.load), importing torch.
+A plugin runtime's child is `python -m bench.plugin_child`, which builds it with its own factory (importing torch).
 The child runs what a deployment of that runtime would: it imports only that runtime (torch for eager,
 TorchScript and torch.compile; onnxruntime or openvino, and numpy, for the ONNX files; not this project's
 benchmark code, which imports torch), loads the artifact (builds the session, compiles the model), answers one
@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_BATCH = 1000  # the largest batch of the latency benchmark
+BUILT_IN = ("eager", "torchscript", "compile")  # and ort-*, openvino*: the runtimes _load builds
 
 
 def openvino_config(threads: int, streams: int) -> dict:
@@ -70,8 +71,8 @@ def _load(runtime: str, path: str, model: str, threads: int) -> Callable:
 
         request = ov.Core().compile_model(path, "CPU", openvino_config(threads, 1)).create_infer_request()
         return lambda x: request.infer({0: x}, share_inputs=True)[0]
-    if runtime not in ("eager", "torchscript", "compile"):
-        return _plugin(runtime, path, threads)
+    if runtime not in BUILT_IN:  # ort and openvino returned above
+        raise SystemExit(f"error: unknown runtime {runtime!r}")
     import torch
 
     torch.set_num_threads(threads)
@@ -95,28 +96,6 @@ def _load(runtime: str, path: str, model: str, threads: int) -> Callable:
     return run
 
 
-def _plugin(name: str, path: str, threads: int) -> Callable:
-    """A plugin runtime, built by its own factory: through bench.runtimes, so its cold start includes importing
-    torch (a plugin's Job may carry the PyTorch model)."""
-    import torch
-
-    from bench.runtimes import Job, runtime
-    from mnist_zoo.util import UserError
-
-    try:
-        spec = runtime(name)
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
-    model = None
-    if spec.artifact == "checkpoint":
-        from mnist_zoo.checkpoint import load_checkpoint
-
-        model, _ = load_checkpoint(path)
-    torch.set_num_threads(threads)
-    predictor = spec.load(Job(Path(path), model, torch.device("cpu"), threads, batch=1))
-    return lambda x: predictor.logits(torch.from_numpy(x)).numpy()
-
-
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MiB. Linux: VmHWM, the peak of this program's own memory; its
     ru_maxrss would also count the parent it was forked from (Linux carries it across exec: 800 MB and more
@@ -130,10 +109,10 @@ def peak_rss_mb() -> float:
     return int(kib) / 2**10
 
 
-def child(runtime: str, path: str, model: str, threads: int, batch: int) -> None:
+def child(runtime: str, path: str, model: str, threads: int, batch: int, load: Callable = _load) -> None:
     import numpy as np
 
-    run = _load(runtime, path, model, threads)
+    run = load(runtime, path, model, threads)
     answer = run(np.zeros((1, 1, 28, 28), np.float32))
     if answer.shape != (1, 10):
         raise SystemExit(f"error: {path} answered with shape {answer.shape}, not (1, 10)")
@@ -143,7 +122,10 @@ def child(runtime: str, path: str, model: str, threads: int, batch: int) -> None
 
 
 def _once(runtime: str, path: Path, model: str, threads: int, cache: str) -> tuple[float, float]:
-    cmd = [sys.executable, "-m", "bench.coldstart", runtime, str(path), model, str(threads)]
+    # A plugin runtime's child is bench.plugin_child, which builds it with its own factory (importing torch).
+    own = runtime in BUILT_IN or runtime.startswith(("ort", "openvino"))
+    entry = "bench.coldstart" if own else "bench.plugin_child"
+    cmd = [sys.executable, "-m", entry, runtime, str(path), model, str(threads)]
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty child cannot block on it
         start = time.perf_counter()
