@@ -50,7 +50,7 @@ GROUP = "mnist_zoo.runtimes"  # the entry-point group of runtime plugins
 SPECS_ENV = "MNIST_ZOO_RUNTIMES"  # specs resolved here, resolved again in child processes (cold starts)
 
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8", "openvino", "openvino-int8", "compile")
-LABELS = {  # as the tables name them (ORT: ONNX Runtime; OV: OpenVINO)
+LABELS = {  # as the tables name them (ORT: ONNX Runtime; OV: OpenVINO); a plugin's label is in its Runtime
     "eager": "PyTorch eager",
     "torchscript": "TorchScript",
     "ort-fp32": "ORT fp32",
@@ -414,7 +414,6 @@ def _add(obj: object, source: str, key: str) -> Runtime:
         )
     obj = obj if obj.source != "bench.runtimes" else replace(obj, source=source)
     _PLUGINS[obj.name] = obj
-    LABELS.setdefault(obj.name, obj.label)  # the tables' and plots' order: built-ins first, then plugins
     return obj
 
 
@@ -476,10 +475,12 @@ def runtime_problems() -> list[str]:
 
 
 def in_order(names: Iterable[str]) -> list[str]:
-    """Runtime names as the tables order them: LABELS' order (built-ins, then plugins), then any other."""
+    """Runtime names as the tables order them: the built-ins (LABELS' order), the plugins, then any other."""
     given = list(dict.fromkeys(names))
-    return [rt for rt in LABELS if rt in given] + [rt for rt in given if rt not in LABELS]
+    known = [*LABELS, *_PLUGINS]
+    return [rt for rt in known if rt in given] + [rt for rt in given if rt not in known]
 
 
 def label(runtime: str) -> str:
-    return LABELS.get(runtime, runtime)
+    plugin = _PLUGINS.get(runtime)
+    return LABELS.get(runtime) or (plugin.label if plugin else runtime)

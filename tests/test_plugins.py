@@ -214,12 +214,12 @@ def runtime_dir(plugin_dir, monkeypatch):
 
     (plugin_dir / "zoo_rt_plugin.py").write_text(RUNTIME_PLUGIN)
     monkeypatch.delenv(runtimes.SPECS_ENV, raising=False)
-    saved = dict(runtimes._PLUGINS), dict(runtimes._BROKEN), dict(runtimes.LABELS), runtimes._loaded
+    saved = dict(runtimes._PLUGINS), dict(runtimes._BROKEN), runtimes._loaded
     yield plugin_dir
-    for live, old in zip((runtimes._PLUGINS, runtimes._BROKEN, runtimes.LABELS), saved[:3], strict=True):
+    for live, old in zip((runtimes._PLUGINS, runtimes._BROKEN), saved[:2], strict=True):
         live.clear()
         live.update(old)
-    runtimes._loaded = saved[3]
+    runtimes._loaded = saved[2]
     sys.modules.pop("zoo_rt_plugin", None)
 
 
@@ -228,10 +228,15 @@ def test_a_runtime_spec_builds_predictors_through_its_factory(runtime_dir, tmp_p
 
     rt = runtimes.runtime("zoo_rt_plugin:RT")
     assert (rt.name, rt.source) == ("twin", "zoo_rt_plugin:RT") and runtimes.runtime_names()[-1] == "twin"
-    assert runtimes.label("twin") == "Twin eager" and runtimes.in_order(["twin", "eager"]) == [
-        "eager",
-        "twin",
-    ]
+    assert (
+        runtimes.label("twin") == "Twin eager"
+        and "twin" not in runtimes.LABELS
+        and runtimes.in_order(["twin", "eager"])
+        == [
+            "eager",
+            "twin",
+        ]
+    )
     torch.manual_seed(0)
     model, x = models.get_model("lenet").eval(), torch.randn(4, 1, 28, 28)
     exports = runtimes.Exports(tmp_path, None)
