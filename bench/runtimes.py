@@ -454,7 +454,7 @@ def runtime(name: str) -> Runtime:
     if found is not None and SPEC.match(name):
         passed_on = os.environ.get(SPECS_ENV, "").split(",")
         os.environ[SPECS_ENV] = ",".join(dict.fromkeys(s for s in [*passed_on, name] if s))
-    if name in _BROKEN:
+    if found is None and name in _BROKEN:
         raise UserError(_BROKEN[name])
     if found is None:
         raise UserError(

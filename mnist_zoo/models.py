@@ -246,8 +246,9 @@ def model_info(name: str) -> ModelInfo:
     """A model's registry entry, by name or by module:callable spec (its .name is the name to use after)."""
     if SPEC.match(name):
         return _resolve_spec(name)
-    if name not in _REGISTRY:
-        _load_plugins()
+    if name in _REGISTRY:  # the zoo's, or a plugin already loaded (a broken one may share its name)
+        return _REGISTRY[name]
+    _load_plugins()
     if name in _BROKEN:
         raise UserError(_BROKEN[name])
     if name not in _REGISTRY:

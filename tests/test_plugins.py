@@ -139,6 +139,13 @@ def test_entry_points_load_lazily_and_a_broken_one_only_warns(plugin_dir, monkey
         models.get_model("five")
 
 
+def test_an_entry_point_clashing_with_the_zoo_leaves_the_zoo_model_alone(plugin_dir, monkeypatch):
+    fake_entry_points(monkeypatch, ("lenet", "zoo_test_plugin:clash"))
+    [problem] = models.plugin_problems()
+    assert "the name 'lenet' is taken by the model from mnist_zoo.models" in problem
+    assert models.model_info("lenet").source == "mnist_zoo.models"
+
+
 def test_list_warns_about_a_broken_entry_point_and_lists_the_rest(plugin_dir, monkeypatch, capsys):
     from mnist_zoo.cli import main
 
