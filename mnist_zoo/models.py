@@ -41,8 +41,8 @@ from mnist_zoo.util import UserError, first_line
 
 GROUP = "mnist_zoo.models"  # the entry-point group of model plugins
 SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # module:callable
-# The specs resolved in this process, passed on to its child processes (torchrun ranks, the benchmark's cold
-# starts), which resolve them again: a spec on the command line works the same in every process it starts.
+# The specs resolved in this process, passed on to its child processes (the benchmark's cold starts),
+# which resolve them again: a spec on the command line works the same in every process it starts.
 SPECS_ENV = "MNIST_ZOO_MODELS"
 # A plugin's test-accuracy target when it declares none: lenet's (the zoo's smallest convolutional model).
 GENERIC_TARGET = 0.99
