@@ -3,6 +3,7 @@
     >>> measure("ort-fp32", Path("lenet.onnx"), "lenet", threads=2, runs=3)
     {'cold_start_s': 0.52, 'peak_rss_mb': 91.0, 'deployment': {...}}
 
+A plugin runtime's child is `python -m bench.plugin_child`, which builds it with its own factory (importing torch).
 The child runs what a deployment of that runtime would: it imports only that runtime (torch for eager,
 TorchScript and torch.compile; onnxruntime or openvino, and numpy, for the ONNX files; not this project's
 benchmark code, which imports torch), loads the artifact (builds the session, compiles the model), answers one
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_BATCH = 1000  # the largest batch of the latency benchmark
+BUILT_IN = ("eager", "torchscript", "compile")  # and ort-*, openvino*: the runtimes _load builds
 
 
 def openvino_config(threads: int, streams: int) -> dict:
@@ -69,7 +71,7 @@ def _load(runtime: str, path: str, model: str, threads: int) -> Callable:
 
         request = ov.Core().compile_model(path, "CPU", openvino_config(threads, 1)).create_infer_request()
         return lambda x: request.infer({0: x}, share_inputs=True)[0]
-    if runtime not in ("eager", "torchscript", "compile"):
+    if runtime not in BUILT_IN:  # ort and openvino returned above
         raise SystemExit(f"error: unknown runtime {runtime!r}")
     import torch
 
@@ -107,10 +109,10 @@ def peak_rss_mb() -> float:
     return int(kib) / 2**10
 
 
-def child(runtime: str, path: str, model: str, threads: int, batch: int) -> None:
+def child(runtime: str, path: str, model: str, threads: int, batch: int, load: Callable = _load) -> None:
     import numpy as np
 
-    run = _load(runtime, path, model, threads)
+    run = load(runtime, path, model, threads)
     answer = run(np.zeros((1, 1, 28, 28), np.float32))
     if answer.shape != (1, 10):
         raise SystemExit(f"error: {path} answered with shape {answer.shape}, not (1, 10)")
@@ -120,7 +122,10 @@ def child(runtime: str, path: str, model: str, threads: int, batch: int) -> None
 
 
 def _once(runtime: str, path: Path, model: str, threads: int, cache: str) -> tuple[float, float]:
-    cmd = [sys.executable, "-m", "bench.coldstart", runtime, str(path), model, str(threads)]
+    # A plugin runtime's child is bench.plugin_child, which builds it with its own factory (importing torch).
+    own = runtime in BUILT_IN or runtime.startswith(("ort", "openvino"))
+    entry = "bench.coldstart" if own else "bench.plugin_child"
+    cmd = [sys.executable, "-m", entry, runtime, str(path), model, str(threads)]
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty child cannot block on it
         start = time.perf_counter()

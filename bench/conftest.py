@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -32,9 +33,9 @@ import torch
 from bench import coldstart, machine, report, results
 from bench.plugin import DEPLOY_RUNS
 from bench.progress import Progress
-from bench.runtimes import Exports, artifact
+from bench.runtimes import RUNTIMES, Exports, artifact
 from mnist_zoo import cpu, data
-from mnist_zoo.models import get_model
+from mnist_zoo.models import get_model, model_info, plugin_problems
 from mnist_zoo.targets import TARGET_ACCURACY, TUTORIAL_ACCURACY
 from mnist_zoo.util import UserError, cpu_name, device_name
 
@@ -45,6 +46,7 @@ SEED = 0
 PRECISIONS = ("fp32", "bf16")  # auto is a choice for training runs, not a row: a row says what it measured
 # Models that --bench-quick (CI's check) does not train: minutes each to their targets on 2 cores. Their training
 # and accuracy rows are in the full run; tests/test_export.py verifies their exports; latency rows run untrained.
+# Plugin models are not trained in --bench-quick either (skip_untrained_in_quick).
 QUICK_UNTRAINED = ("cnn",)
 # pytest-benchmark's default columns: 4.x sets this list as the option's default, 5.x leaves the option None
 # and fills the list in later (so a comparison with the list alone keeps all ten on 5.x).
@@ -64,6 +66,8 @@ class Options:
     busy: dict  # the machine when the session started: cpu.Contention.record() of a short sample
     note: str  # why the default threads are fewer than the CPUs, or ""
     precisions: tuple[str, ...] = ("fp32",)  # the training and inference rows' precisions (--bench-precision)
+    models: tuple[str, ...] | None = None  # --bench-models, as registry names (None: every installed model)
+    runtimes: tuple[str, ...] | None = None  # --bench-runtimes (None: every installed runtime)
 
 
 OPTIONS = pytest.StashKey[Options]()
@@ -96,6 +100,28 @@ def parse_precisions(value: str | None) -> tuple[str, ...]:
     return given
 
 
+def parse_selection(value: str | None, option: str, resolve: Callable[[str], str]) -> tuple[str, ...] | None:
+    """--bench-models / --bench-runtimes: names or specs, each resolved once to its registry name (a spec's
+    plugin registered here, before the benchmark modules are collected); None when not given."""
+    if value in (None, ""):
+        return None
+    try:
+        names = tuple(dict.fromkeys(resolve(v.strip()) for v in value.split(",") if v.strip()))
+    except UserError as e:
+        raise pytest.UsageError(f"{option}: {e}") from None
+    if not names:
+        raise pytest.UsageError(f"{option} takes a comma-separated list, got {value!r}")
+    return names
+
+
+def _runtime_name(name: str) -> str:
+    from bench.runtimes import LABELS, runtime
+
+    return (
+        name if name in LABELS and name not in RUNTIMES else runtime(name).name
+    )  # ort-web: a row of its own
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its own options
 def pytest_configure(config: pytest.Config) -> None:
     # Read the options now: a bad --bench-* value is a one-line usage error, not a traceback in collection.
@@ -123,6 +149,10 @@ def pytest_configure(config: pytest.Config) -> None:
         busy=busy.record(),
         note=cpu.lowered(idle, most, busy) if idle < most else "",
         precisions=parse_precisions(config.getoption("--bench-precision")),
+        models=parse_selection(
+            config.getoption("--bench-models"), "--bench-models", lambda m: model_info(m).name
+        ),
+        runtimes=parse_selection(config.getoption("--bench-runtimes"), "--bench-runtimes", _runtime_name),
     )
     # pytest-benchmark's own table has ten columns of seconds for every row (230 characters wide): keep the
     # ones that matter beside our summary, unless asked for others.
@@ -139,7 +169,10 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     share = opts.busy["contention"]
     busy = f"other processes used {share:.0%} of the CPUs' time at start" if share is not None else ""
     threads = f"mnist-zoo benchmarks: threads {', '.join(map(str, opts.threads))}; {busy}"
-    return [threads] + ([f"mnist-zoo: {opts.note}"] if opts.note else [])
+    from bench.runtimes import runtime_problems
+
+    broken = [f"mnist-zoo: warning: {p}" for p in (*plugin_problems(), *runtime_problems())]
+    return [threads] + ([f"mnist-zoo: {opts.note}"] if opts.note else []) + broken
 
 
 @pytest.hookimpl(trylast=True)
@@ -166,6 +199,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [i for i in items if (i in benchmarks) == only]
         if not only:
             config.stash[NOT_RUN] = len(dropped)
+    opts = config.stash[OPTIONS]
+    if opts.models is not None or opts.runtimes is not None:
+        unwanted = [i for i in items if not _selected(i, opts)]
+        if unwanted:
+            config.hook.pytest_deselected(items=unwanted)
+            items[:] = [i for i in items if _selected(i, opts)]
     # Training first: in quick mode the accuracy and latency rows use the models it trains.
     order = {"test_training.py": 0, "test_accuracy.py": 1, "test_inference.py": 2}
     bench_items = [i for i in items if i.path.parent.name == "bench" and i.path.name in order]
@@ -174,6 +213,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         rest = [i for i in items if i.path.parent.name != "bench" or i.path.name not in order]
         bench_items.sort(key=lambda i: order[i.path.name])
         items[:] = rest[:first] + bench_items + rest[first:]
+
+
+def _selected(item: pytest.Item, opts: Options) -> bool:
+    """Whether --bench-models and --bench-runtimes keep this benchmark (rows of no model or runtime stay)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    runtime = "ort-web" if item.path.name == "test_web.py" else params.get("runtime")
+    model_ok = opts.models is None or params.get("model_name", opts.models[0]) in opts.models
+    return model_ok and (opts.runtimes is None or runtime is None or runtime in opts.runtimes)
 
 
 @pytest.fixture(scope="session")
@@ -242,6 +289,9 @@ def race_recipe(name: str, quick: bool = False) -> str:
 def skip_untrained_in_quick(bench_options: Options, name: str, trained: bool = True) -> None:
     if bench_options.quick and trained and name in QUICK_UNTRAINED:
         pytest.skip(f"--bench-quick does not train {name} (minutes to its target): the full run measures it")
+    if bench_options.quick and trained and model_info(name).source != "mnist_zoo.models":
+        # A plugin's training time is unknown here: CI's quick check stays bounded; its latency rows still run.
+        pytest.skip(f"--bench-quick does not train plugin models ({name}): the full run measures it")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import io
 from pathlib import Path
 
 from bench.results import contended, deployment_rows, load, machine_of, matching, rows_of
-from bench.runtimes import LABELS
+from bench.runtimes import LABELS, in_order, label
 from mnist_zoo import plots
 from mnist_zoo.util import UserError, atomic_write
 
@@ -29,6 +29,7 @@ PANEL = (4.0, 4.0)  # inches per panel (plots.DPI pixels per inch), title and le
 MIN_PANELS = 2  # figures are at least this many panels wide, so that titles and legends fit
 COLOURS = {runtime: f"C{i}" for i, runtime in enumerate(LABELS)}
 MARKERS = dict(zip(LABELS, "osD^vPX*hd", strict=True))
+PLUGIN_STYLE = ("k", "p")  # a plugin runtime's colour and marker: black pentagons
 
 
 def _machine_line(doc: dict) -> str:
@@ -61,9 +62,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def _point(ax, x: float, y: float, runtime: str, row: dict, **kw) -> None:
-    colour = COLOURS[runtime]
+    colour = COLOURS.get(runtime, PLUGIN_STYLE[0])
     face = "none" if contended(row) else colour  # hollow: measured while other processes took the CPUs
-    ax.plot([x], [y], MARKERS[runtime], color=colour, mfc=face, ms=6, **kw)
+    ax.plot([x], [y], MARKERS.get(runtime, PLUGIN_STYLE[1]), color=colour, mfc=face, ms=6, **kw)
 
 
 def _short_time(seconds: float, _=None) -> str:
@@ -86,7 +87,15 @@ def _legend(fig, runtimes: list[str]) -> None:
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], color=COLOURS[rt], marker=MARKERS[rt], label=LABELS[rt], lw=1.5) for rt in runtimes
+        Line2D(
+            [],
+            [],
+            color=COLOURS.get(rt, PLUGIN_STYLE[0]),
+            marker=MARKERS.get(rt, PLUGIN_STYLE[1]),
+            label=label(rt),
+            lw=1.5,
+        )
+        for rt in runtimes
     ]
     fig.legend(
         handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False
@@ -103,15 +112,22 @@ def latency(doc: dict, rows: list[dict], path: Path) -> Path:
     what = "p50 (points), p90 to p99 (whiskers), hollow: contended"
     title = f"Latency of one call: {what}; {threads} thread(s)\n{_machine_line(doc)}"
     fig, axes = _figure(len(models), title)
-    runtimes = [rt for rt in LABELS if matching(inference, runtime=rt)]
+    runtimes = in_order(r["runtime"] for r in inference)
     for model, ax in zip(models, axes, strict=True):
         for i, runtime in enumerate(runtimes):
             mine = sorted(matching(inference, model=model, runtime=runtime), key=lambda r: r["batch"])
             dodge = 10 ** (0.02 * (i - (len(runtimes) - 1) / 2))  # side by side, so whiskers do not overlap
             batches = [r["batch"] * dodge for r in mine]
-            ax.plot(batches, [r["p50_s"] for r in mine], "-", color=COLOURS[runtime], lw=1.2, alpha=0.8)
+            ax.plot(
+                batches,
+                [r["p50_s"] for r in mine],
+                "-",
+                color=COLOURS.get(runtime, PLUGIN_STYLE[0]),
+                lw=1.2,
+                alpha=0.8,
+            )
             for x, r in zip(batches, mine, strict=True):
-                ax.vlines(x, r["p90_s"], r["p99_s"], color=COLOURS[runtime], lw=1.2)
+                ax.vlines(x, r["p90_s"], r["p99_s"], color=COLOURS.get(runtime, PLUGIN_STYLE[0]), lw=1.2)
                 _point(ax, x, r["p50_s"], runtime, r)
         ax.set(xscale="log", yscale="log", title=model, xlabel="batch size (images per call, log)")
         batches = sorted({r["batch"] for r in inference})
@@ -134,12 +150,19 @@ def throughput(doc: dict, rows: list[dict], path: Path) -> Path:
     counts = sorted({r["threads"] for r in inference})
     title = f"Throughput at batch {batch} against threads; hollow: contended\n{_machine_line(doc)}"
     fig, axes = _figure(len(models), title)
-    runtimes = [rt for rt in LABELS if matching(inference, runtime=rt)]
+    runtimes = in_order(r["runtime"] for r in inference)
     for model, ax in zip(models, axes, strict=True):
         for runtime in runtimes:
             mine = sorted(matching(inference, model=model, runtime=runtime), key=lambda r: r["threads"])
             ips = [r["images_per_second"] for r in mine]
-            ax.plot([r["threads"] for r in mine], ips, "-", color=COLOURS[runtime], lw=1.2, alpha=0.8)
+            ax.plot(
+                [r["threads"] for r in mine],
+                ips,
+                "-",
+                color=COLOURS.get(runtime, PLUGIN_STYLE[0]),
+                lw=1.2,
+                alpha=0.8,
+            )
             for r in mine:
                 _point(ax, r["threads"], r["images_per_second"], runtime, r)
         ax.set(title=model, xlabel="threads per runtime", ylim=(0, None))
@@ -155,7 +178,7 @@ def throughput(doc: dict, rows: list[dict], path: Path) -> Path:
 def deployment(doc: dict, rows: list[dict], path: Path) -> Path:
     found = deployment_rows(rows)
     models = list(dict.fromkeys(m for m, _ in found))
-    runtimes = [rt for rt in LABELS if any(k[1] == rt for k in found)]
+    runtimes = in_order(k[1] for k in found)
     costs = [  # title, axis label, field, scale, log axis
         ("cold start: new process to first answer", "seconds (log)", "cold_start_s", 1, True),
         ("peak resident memory of that process", "MiB", "peak_rss_mb", 1, False),
@@ -174,7 +197,13 @@ def deployment(doc: dict, rows: list[dict], path: Path) -> Path:
                     continue
                 busy = field == "cold_start_s" and contended(r["deployment"])  # memory, size: load-free
                 x, value = j + (i - (len(runtimes) - 1) / 2) * width, r[field] / scale
-                ax.bar(x, value, width, color=COLOURS[runtime], hatch="///" if busy else None)
+                ax.bar(
+                    x,
+                    value,
+                    width,
+                    color=COLOURS.get(runtime, PLUGIN_STYLE[0]),
+                    hatch="///" if busy else None,
+                )
                 label = f"{value:.2g}" if value < 10 else f"{value:,.0f}"
                 ax.text(x, value, label, ha="center", va="bottom", rotation=90, fontsize=6)
         if not any(r.get(field) is not None for r in found.values()):

@@ -43,6 +43,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "run bf16 (the others are skipped with the reason) (default: fp32)",
     )
     group.addoption(
+        "--bench-models",
+        metavar="LIST",
+        help="the models to measure: zoo names, plugin names or module:callable specs, comma-separated "
+        "(default: every installed model, the zoo's and the plugins')",
+    )
+    group.addoption(
+        "--bench-runtimes",
+        metavar="LIST",
+        help="the runtimes to measure: built-in names (eager, ort-fp32, ..., ort-web), plugin names or "
+        "module:attribute specs, comma-separated (default: every installed runtime)",
+    )
+    group.addoption(
         "--bench-quick",
         action="store_true",
         help="the CI subset: short timings, no torch.compile, models trained in-run to their target",

@@ -35,7 +35,7 @@ from bench.results import (
     targets,
     uncertain,
 )
-from bench.runtimes import LABELS, RUNTIMES
+from bench.runtimes import in_order, label
 from bench.stats import half_width
 from mnist_zoo.targets import (
     CONTENDED,
@@ -47,7 +47,7 @@ from mnist_zoo.targets import (
 )
 
 VERSIONS_SHOWN = ("torch", "onnxruntime", "openvino", "onnx", "python")  # in the header; all are in the JSON
-# Runtimes as column headers, where a table has one column per runtime (LABELS name them in cells)
+# Runtimes as column headers, where a table has one column per runtime (runtimes.label names them in cells)
 SHORT = {"eager": "eager", "torchscript": "TS", "compile": "compile", "ort-web": "ORT web"}
 LEGEND = (
     f"±: half the 95% interval; ? uncertain (interval over ±{UNCERTAIN:.0%}); !N%: contended, other processes "
@@ -144,8 +144,8 @@ def accuracy_table(rows: list[dict]) -> Table | None:
     acc = matching(rows, kind="accuracy")
     if not acc:
         return None
-    runtimes = [rt for rt in RUNTIMES if matching(acc, runtime=rt)]
-    cols = ("model", "floor", *(SHORT.get(rt, LABELS[rt]) for rt in runtimes), "agree min", "Δ logits")
+    runtimes = in_order(r["runtime"] for r in acc)
+    cols = ("model", "floor", *(SHORT.get(rt, label(rt)) for rt in runtimes), "agree min", "Δ logits")
     t = table("Test accuracy (10,000 real test images) in each runtime", *cols, right=cols[1:])
     for model, device in dict.fromkeys((r["model"], r["device"]) for r in acc):
         mine = {r["runtime"]: r for r in matching(acc, model=model, device=device)}
@@ -322,7 +322,8 @@ def inference_tables(rows: list[dict]) -> list[Table]:
         for batch in sorted({r["batch"] for r in mine}):
             t.add_section()
             group = matching(mine, batch=batch)
-            group.sort(key=lambda r: (r["threads"], list(LABELS).index(r["runtime"])))
+            order = in_order(r["runtime"] for r in group)
+            group.sort(key=lambda r: (r["threads"], order.index(r["runtime"])))
             fastest = [
                 min(matching(group, threads=th), key=lambda r: r["p50_s"])
                 for th in {r["threads"] for r in group}
@@ -337,7 +338,7 @@ def inference_tables(rows: list[dict]) -> list[Table]:
                 vs += "!" if eager and eager is not r and contended(eager) else ""
                 cells = [
                     str(batch),
-                    ("★ " if r in fastest else "  ") + LABELS[r["runtime"]],
+                    ("★ " if r in fastest else "  ") + label(r["runtime"]),
                     str(r["threads"]),
                     fmt_time(r["p50_s"]) + fmt_pm(r.get("p50_ci_s"), r["p50_s"]),
                     fmt_time(r["p99_s"]),
@@ -360,7 +361,7 @@ def deployment_table(rows: list[dict]) -> Table | None:
     how: dict = {}
     for model in dict.fromkeys(m for m, _ in found):
         t.add_section()
-        for runtime in (rt for rt in LABELS if (model, rt) in found):
+        for runtime in in_order(rt for m, rt in found if m == model):
             r = found[model, runtime]
             d = r.get("deployment") or {}
             how = how or (d if d.get("runs") else {})
@@ -368,7 +369,7 @@ def deployment_table(rows: list[dict]) -> Table | None:
             cold = "-" if r.get("cold_start_s") is None else f"{r['cold_start_s']:.2f} s"
             t.add_row(
                 model,
-                LABELS[runtime],
+                label(runtime),
                 fmt_bytes(r["artifact_bytes"]),
                 cold,
                 fmt_bytes(peak, "MiB"),
@@ -398,8 +399,8 @@ def threads_table(rows: list[dict]) -> Table | None:
     t = table(
         "Threads: the fastest count per runtime",
         "model",
-        *(SHORT.get(rt, LABELS[rt]) for rt in runtimes),
-        right=tuple(SHORT.get(rt, LABELS[rt]) for rt in runtimes),
+        *(SHORT.get(rt, label(rt)) for rt in runtimes),
+        right=tuple(SHORT.get(rt, label(rt)) for rt in runtimes),
     )
     t.caption = (
         f"the thread count with the lowest p50, and its speed over {fewest} thread(s); ! either row contended, "

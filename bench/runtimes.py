@@ -13,6 +13,11 @@ with the reason, which the benchmark turns into a skip; a runtime that is presen
 fails loudly instead. `artifact(...)` is the file each runtime loads (the checkpoint for eager and
 torch.compile): what bench/coldstart.py starts from in a fresh process.
 
+Every runtime, built-in or plugin, is a `Runtime`: its name, label, the file it loads, whether it can run here,
+and its factory of predictors, `load(Job) -> Predictor`. Plugins (docs/plugins.md) come from the entry-point group
+`mnist_zoo.runtimes` of installed packages, or from a `module:attribute` spec given to --bench-runtimes, each
+naming a Runtime; `runtime(name)` finds any of them, `runtime_names()` lists the built-ins and the plugins.
+
 bf16 (--bench-precision bf16): PyTorch eager under torch.autocast, and OpenVINO with its bf16 inference
 precision hint, are rows of their own runtimes (BF16: eager-bf16, openvino-bf16); every other runtime says why it
 has none (bf16_unavailable).
@@ -21,23 +26,31 @@ has none (bf16_unavailable).
 from __future__ import annotations
 
 import copy
+import importlib
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bench.artifacts import INSTALL_HINT, Exports, Unavailable
 from bench.coldstart import openvino_config
 from export.formats import FORMATS
+from mnist_zoo.models import SPEC
 from mnist_zoo.precision import Chosen, autocast
 from mnist_zoo.targets import precision
-from mnist_zoo.util import first_line
+from mnist_zoo.util import UserError, first_line
+
+GROUP = "mnist_zoo.runtimes"  # the entry-point group of runtime plugins
+SPECS_ENV = "MNIST_ZOO_RUNTIMES"  # specs resolved here, resolved again in child processes (cold starts)
 
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8", "openvino", "openvino-int8", "compile")
-LABELS = {  # as the tables name them (ORT: ONNX Runtime; OV: OpenVINO)
+LABELS = {  # as the tables name them (ORT: ONNX Runtime; OV: OpenVINO); a plugin's label is in its Runtime
     "eager": "PyTorch eager",
     "torchscript": "TorchScript",
     "ort-fp32": "ORT fp32",
@@ -59,28 +72,11 @@ NO_BF16 = {
     "ort-int8": "an int8 runtime: its precision is int8, in every --bench-precision",
     "openvino-int8": "an int8 runtime: its precision is int8, in every --bench-precision",
 }
-# The file each runtime loads: the zoo's checkpoint, or an export format of export/formats.py (int8: the QDQ
-# file, which OpenVINO runs with its own int8 kernels).
-ARTIFACT_KIND = {
-    "eager": "checkpoint",
-    "compile": "checkpoint",
-    "torchscript": "torchscript",
-    "ort-fp32": "onnx",
-    "ort-int8": "onnx-int8",
-    "openvino": "onnx",
-    "openvino-int8": "onnx-int8",
-}
 # Runtimes that need more than the test install (pip install 'mnist-zoo[openvino]'); CI's has not got them.
 EXTRA_RUNTIMES = {"openvino", "openvino-int8"}
-OPTIONAL_PACKAGES = {"onnx", "onnxruntime", "onnxscript"}  # missing ones make a runtime absent, not broken
-INSTALL_HINT = "pip install 'mnist-zoo[export]'"
 # OpenVINO's THROUGHPUT hint runs one stream per thread; the benchmark's call cuts its batch into one slice
 # per stream. Below this many images per slice, one stream with every thread (the LATENCY hint) is faster.
 OPENVINO_MIN_SLICE = 32
-
-
-class Unavailable(Exception):
-    """This runtime cannot run on this machine; the message says why (it becomes the skip reason)."""
 
 
 @dataclass
@@ -94,10 +90,44 @@ class Predictor:
         return self.to_logits(self.run(self.prepare(x)))
 
 
+@dataclass(frozen=True)
+class Job:
+    """What a runtime's factory gets: the file to load and how to run it."""
+
+    artifact: Path  # the file of the Runtime's `artifact` kind, sealed by the exporter
+    model: (
+        nn.Module | None
+    )  # the PyTorch model (None in a cold-start process, for runtimes of an export file)
+    device: torch.device
+    threads: int  # every runtime gets the same count
+    batch: int | None = (
+        None  # the batch it will be called with, for runtimes that tune for one; any still runs
+    )
+    precision: str = "fp32"  # bf16 only for the runtimes in BF16
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime the benchmark measures. A name ending in int8 is held to the int8 floors (targets.precision)."""
+
+    name: str
+    label: str  # as the tables name it
+    artifact: (
+        str  # the file it loads: "checkpoint" or an export format (export/formats.py: onnx, onnx-int8, ...)
+    )
+    load: Callable[
+        [Job], Predictor
+    ]  # the factory: raises Unavailable with the reason when it cannot run here
+    available: Callable[[torch.device], str | None] = lambda device: None  # why not on this device, or None
+    source: str = "bench.runtimes"  # the built-ins, an entry point, or a module:attribute spec
+
+
 def bf16_unavailable(runtime: str, device: torch.device) -> str | None:
     """Why `runtime` has no bf16 row on `device`, or None when it has (BF16)."""
     if runtime in NO_BF16:
         return NO_BF16[runtime]
+    if runtime not in BF16:
+        return f"{runtime} is a plugin runtime: the benchmark's bf16 rows are the built-in ones (BF16)"
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return "this GPU has no bf16"
     return unavailable(runtime, device)
@@ -106,7 +136,11 @@ def bf16_unavailable(runtime: str, device: torch.device) -> str | None:
 def unavailable(runtime: str, device: torch.device) -> str | None:
     """Why `runtime` cannot run on `device` here, or None when it can (checked before any work is done)."""
     if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+        if runtime not in _plugins():
+            raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(runtime_names())}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+        return _plugins()[runtime].available(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return "torch sees no CUDA device"
     if runtime.startswith("ort"):
@@ -286,54 +320,9 @@ def _openvino_predictor(path: Path, threads: int, batch: int | None, precision: 
     return Predictor(prepare, run, torch.from_numpy, info)
 
 
-class Exports:
-    """The files each runtime loads (checkpoint, TorchScript, ONNX fp32, ONNX int8), made on first use and
-    reused for the session, so every row of a runtime measures the same file. `calibration` feeds the int8
-    quantiser."""
-
-    def __init__(self, directory: Path, calibration: torch.Tensor | None):
-        self.directory, self.calibration = Path(directory), calibration
-        self._paths: dict[tuple[str, str, str], Path] = {}
-
-    def path(self, name: str, model: nn.Module, kind: str) -> Path:
-        from export.integrity import weights_digest  # lazily: onnx may be absent, and its rows then skip
-
-        # Keyed by the weights too: the same name may come trained or untrained.
-        digest = weights_digest(model.state_dict())
-        if (name, kind, digest) not in self._paths:
-            self._paths[name, kind, digest] = self._make(name, model, kind, f"{name}-{digest[:12]}")
-        return self._paths[name, kind, digest]
-
-    def _make(self, name: str, model: nn.Module, kind: str, stem: str) -> Path:
-        cpu_model = copy.deepcopy(model).cpu().eval()
-        if kind == "checkpoint":  # the zoo's checkpoint format, holding these weights (not torchscript's .pt)
-            from mnist_zoo.checkpoint import save_checkpoint
-
-            return save_checkpoint(cpu_model, {"model": name}, self.directory / f"{stem}.checkpoint.pt")
-        path = self.directory / f"{stem}{FORMATS[kind].suffix}"  # a KeyError for a kind that is no format
-        try:
-            if kind == "torchscript":
-                from export.to_torchscript import export_torchscript
-
-                return Path(export_torchscript(cpu_model, path))
-            if kind == "onnx":
-                from export.to_onnx import export_onnx
-
-                return Path(export_onnx(cpu_model, path))
-            if kind == "onnx-int8":
-                from export.quantize import quantize_int8
-
-                return Path(quantize_int8(self.path(name, model, "onnx"), path, self.calibration))
-        except ModuleNotFoundError as e:
-            if (e.name or "").split(".")[0] in OPTIONAL_PACKAGES:
-                raise Unavailable(f"{e.name} is not installed ({INSTALL_HINT})") from None
-            raise
-        raise ValueError(f"the benchmark loads no {kind!r} files")
-
-
 def artifact(runtime: str, model: nn.Module, exports: Exports, name: str) -> Path:
     """The file `runtime` loads for `model` (a zoo model called `name`)."""
-    return exports.path(name, model, ARTIFACT_KIND[runtime])
+    return exports.path(name, model, (_BUILTIN.get(runtime) or _plugins()[runtime]).artifact)
 
 
 def build(
@@ -353,15 +342,145 @@ def build(
     if reason:
         raise Unavailable(reason)
     torch.set_num_threads(threads)
-    if runtime == "eager":
-        return _torch_predictor(copy.deepcopy(model).to(device).eval(), device, precision=precision)
-    if runtime == "compile":
-        return _compiled(copy.deepcopy(model).to(device).eval(), device)
-    if runtime == "torchscript":
-        from export.to_torchscript import load_torchscript  # checks the file's SHA-256, then the weights'
+    spec = _BUILTIN.get(runtime) or _plugins()[runtime]
+    path = exports.path(name, model, spec.artifact)
+    return spec.load(Job(path, model, device, threads, batch, precision))
 
-        scripted, _ = load_torchscript(artifact(runtime, model, exports, name))
-        return _torch_predictor(scripted.to(device).eval(), device)
-    if runtime.startswith("openvino"):
-        return _openvino_predictor(artifact(runtime, model, exports, name), threads, batch, precision)
-    return _ort_predictor(artifact(runtime, model, exports, name), device, threads)
+
+def _load_torchscript(job: Job) -> Predictor:
+    from export.to_torchscript import load_torchscript  # checks the file's SHA-256, then the weights'
+
+    scripted, _ = load_torchscript(job.artifact)
+    return _torch_predictor(scripted.to(job.device).eval(), job.device)
+
+
+def _module(job: Job) -> nn.Module:
+    return copy.deepcopy(job.model).to(job.device).eval()
+
+
+_BUILTIN = {
+    rt.name: rt
+    for rt in (
+        Runtime(
+            "eager",
+            LABELS["eager"],
+            "checkpoint",
+            lambda j: _torch_predictor(_module(j), j.device, precision=j.precision),
+        ),
+        Runtime("torchscript", LABELS["torchscript"], "torchscript", _load_torchscript),
+        Runtime(
+            "ort-fp32", LABELS["ort-fp32"], "onnx", lambda j: _ort_predictor(j.artifact, j.device, j.threads)
+        ),
+        Runtime(
+            "ort-int8",
+            LABELS["ort-int8"],
+            "onnx-int8",
+            lambda j: _ort_predictor(j.artifact, j.device, j.threads),
+        ),
+        *(
+            Runtime(
+                n, LABELS[n], k, lambda j: _openvino_predictor(j.artifact, j.threads, j.batch, j.precision)
+            )
+            for n, k in (("openvino", "onnx"), ("openvino-int8", "onnx-int8"))
+        ),
+        Runtime("compile", LABELS["compile"], "checkpoint", lambda j: _compiled(_module(j), j.device)),
+    )
+}
+assert tuple(_BUILTIN) == RUNTIMES
+# The file each built-in runtime loads: the zoo's checkpoint, or an export format of export/formats.py (int8: the
+# QDQ file, which OpenVINO runs with its own int8 kernels).
+ARTIFACT_KIND = {name: rt.artifact for name, rt in _BUILTIN.items()}
+_PLUGINS: dict[str, Runtime] = {}
+_BROKEN: dict[str, str] = {}  # a broken runtime plugin (entry point name or spec) -> its one-line problem
+_loaded = False
+
+
+def _add(obj: object, source: str, key: str) -> Runtime:
+    """Register a plugin's Runtime; a UserError naming the plugin if it cannot join."""
+    if not isinstance(obj, Runtime):
+        raise UserError(
+            f"runtime plugin {key} ({source}): names {type(obj).__name__}, not a bench.runtimes.Runtime"
+        )
+    taken = _BUILTIN.get(obj.name) or _PLUGINS.get(obj.name)
+    if taken is not None and taken.load is obj.load:  # the same runtime again (a spec of an installed plugin)
+        return taken
+    if taken is not None:
+        raise UserError(
+            f"runtime plugin {key} ({source}): the name {obj.name!r} is taken by the runtime from {taken.source}"
+        )
+    if obj.artifact not in ("checkpoint", *FORMATS):
+        raise UserError(
+            f"runtime plugin {key} ({source}): artifact {obj.artifact!r} is none of checkpoint, {', '.join(FORMATS)}"
+        )
+    obj = obj if obj.source != "bench.runtimes" else replace(obj, source=source)
+    _PLUGINS[obj.name] = obj
+    return obj
+
+
+def _load(key: str, value: str, source: str) -> Runtime | None:
+    """Import `value` (module:attribute) and register the Runtime it names; a problem is kept in _BROKEN."""
+    if key in _BROKEN:
+        return None
+    module, _, attr = value.partition(":")
+    try:
+        try:
+            obj = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as e:  # a plugin may raise anything at import: one line naming it
+            raise UserError(f"runtime plugin {key} ({value}): {type(e).__name__}: {first_line(e)}") from None
+        return _add(obj, source, key)
+    except UserError as e:
+        _BROKEN[key] = str(e)
+        return None
+
+
+def _plugins() -> dict[str, Runtime]:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for ep in entry_points(group=GROUP):
+            _load(ep.name, ep.value, f"entry point {ep.name} = {ep.value}")
+        for spec in filter(None, os.environ.get(SPECS_ENV, "").split(",")):
+            _load(spec, spec, spec)
+    return _PLUGINS
+
+
+def runtime(name: str) -> Runtime:
+    """A runtime by name, plugin name or module:attribute spec; a UserError for an unknown or broken one."""
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    found = _load(name, name, name) if SPEC.match(name) else _plugins().get(name)
+    if found is not None and SPEC.match(name):
+        passed_on = os.environ.get(SPECS_ENV, "").split(",")
+        os.environ[SPECS_ENV] = ",".join(dict.fromkeys(s for s in [*passed_on, name] if s))
+    if found is None and name in _BROKEN:
+        raise UserError(_BROKEN[name])
+    if found is None:
+        raise UserError(
+            f"unknown runtime {name!r}; choose from {', '.join(runtime_names())}, or a module:attribute"
+        )
+    return found
+
+
+def runtime_names() -> list[str]:
+    """The built-in runtimes, then the plugins' (installed, and any spec resolved by runtime())."""
+    return [*RUNTIMES, *_plugins()]
+
+
+def runtime_problems() -> list[str]:
+    """One line per broken runtime plugin."""
+    _plugins()
+    return list(_BROKEN.values())
+
+
+def in_order(names: Iterable[str]) -> list[str]:
+    """Runtime names as the tables order them: the built-ins (LABELS' order), the plugins, then any other."""
+    given = list(dict.fromkeys(names))
+    known = [*LABELS, *_PLUGINS]
+    return [rt for rt in known if rt in given] + [rt for rt in given if rt not in known]
+
+
+def label(runtime: str) -> str:
+    plugin = _PLUGINS.get(runtime)
+    return LABELS.get(runtime) or (plugin.label if plugin else runtime)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.runtimes import RUNTIMES, Unavailable, build, unavailable
+from bench.runtimes import Unavailable, build, runtime_names, unavailable
 from mnist_zoo.cpu import Contention
 from mnist_zoo.data import normalize
 from mnist_zoo.models import list_models
@@ -48,7 +48,7 @@ def reference_logits(zoo_model, exports, test_split, bench_options):
     return get
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", runtime_names())
 @pytest.mark.parametrize("model_name", list_models())
 def test_accuracy(
     benchmark,

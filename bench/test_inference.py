@@ -29,7 +29,7 @@ from functools import partial
 import pytest
 
 from bench import timing
-from bench.runtimes import BF16, RUNTIMES, Unavailable, bf16_unavailable, build, unavailable
+from bench.runtimes import BF16, Unavailable, bf16_unavailable, build, runtime_names, unavailable
 from mnist_zoo.cpu import matrix_units
 from mnist_zoo.data import normalize
 from mnist_zoo.models import list_models, model_info
@@ -47,7 +47,7 @@ def predictors():
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=[f"b{b}" for b in BATCHES])
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", runtime_names())
 @pytest.mark.parametrize("model_name", list_models())
 def test_latency(
     benchmark,

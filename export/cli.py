@@ -50,7 +50,7 @@ from export.to_torchscript import export_torchscript, load_torchscript
 from export.verify import reference_logits, verify_onnx, verify_torch
 from mnist_zoo import data
 from mnist_zoo.fit import ensure_trained
-from mnist_zoo.models import list_models
+from mnist_zoo.models import canonical, list_models
 from mnist_zoo.targets import EXPORT_MAX_ABS_DIFF, EXPORT_MAX_INT8_DROP, EXPORT_MIN_AGREEMENT
 from mnist_zoo.util import (
     UserError,
@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     models = ", ".join(list_models())
-    p.add_argument("models", nargs="+", metavar="MODEL", help=f"one or more of: {models}, or all")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help=f"one or more of: {models}, all, or a plugin's module:callable",
+    )
     p.add_argument("--onnx", action="store_true", help="write MODEL.onnx")
     p.add_argument("--torchscript", action="store_true", help="write MODEL.pt (TorchScript)")
     p.add_argument("--pt2", action="store_true", help="write MODEL.pt2 (torch.export)")
@@ -119,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _models(names: list[str]) -> list[str]:
     if "all" in names:
         return list_models()
+    names = [canonical(name) for name in names]  # a plugin's module:callable spec: its declared name
     for name in names:
         if name not in list_models():
             raise UserError(f"unknown model {name!r}; choose from {', '.join(list_models())} (or all)")

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mnist_zoo import cluster, commands, compare, crossval, data, distributed, predict, studies, sweep
-from mnist_zoo.models import list_models
+from mnist_zoo.models import canonical, list_models
 from mnist_zoo.recipes import PRECISIONS, RECIPES
 from mnist_zoo.util import UserError, guarded
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog = f"example: {PROG} {name} {example}"
         return sub.add_parser(name, help=help, description=doc or help, epilog=epilog, formatter_class=fmt)
 
-    model_help = f"one of: {', '.join(list_models())}"
+    model_help = f"one of: {', '.join(list_models())}, or a plugin's module:callable (docs/plugins.md)"
     p = command("all", "train every model, evaluate it on the test set, print the results", "--seed 0")
     _common(p)
     _training(p)
@@ -202,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.command} does not run under torchrun, only `train MODEL` does (each rank trains a shard "
                 f"of every batch): run `{PROG} {args.command} ...` without torchrun"
             )
+        # A module:callable spec becomes its model's declared name, once, before any command uses it.
+        if getattr(args, "model", None):
+            args.model = canonical(args.model)
+        if getattr(args, "models", None):
+            args.models = [canonical(m) for m in args.models]
         ray = getattr(args, "ray", None)
         if ray is not None:  # first: `compare --ray mlp dnn` gave --ray a model name
             cluster.check_address(None if ray == cluster.LOCAL else ray)

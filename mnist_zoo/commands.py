@@ -30,7 +30,7 @@ from mnist_zoo.checkpoint import (
     read_checkpoint,
 )
 from mnist_zoo.fit import ensure_trained, fit
-from mnist_zoo.models import list_models, model_info
+from mnist_zoo.models import list_models, model_info, plugin_problems
 from mnist_zoo.output import draw, print_files, printed_json
 from mnist_zoo.recipes import Recipe, read_recipe_file, recipe_for
 from mnist_zoo.runs import report_dir
@@ -189,6 +189,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in list_models():
         info, path = model_info(name), checkpoint_path(name)
         row = {"model": name, "description": info.description, "params": info.params, "macs": info.macs}
+        row["source"] = info.source  # the zoo's own, or the plugin's entry point or spec
         row.update(trained=False, test_accuracy=None, checkpoint=str(path))
         if path.is_file():
             try:
@@ -197,6 +198,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             except UserError as e:
                 row.update(error=str(e), problem=getattr(e, "problem", "damaged"))
         rows.append(row)
+    for problem in plugin_problems():  # a broken plugin: one line on stderr; the rest of the zoo still lists
+        print(f"warning: {problem}", file=sys.stderr)
     if printed_json({"models": rows}, args.json):
         return 0
     t = Table(title="mnist-zoo models")
@@ -208,7 +211,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         t.add_row(r["model"], f"{r['params']:,}", f"{r['macs']:,}", trained, acc)
     out.print(t)
     for r in rows:
-        out.print(f"  {r['model']:<6} {r['description']}", highlight=False)
+        where = "" if r["source"] == "mnist_zoo.models" else f" (plugin: {r['source']})"
+        out.print(f"  {r['model']:<6} {r['description']}{where}", highlight=False)
     out.print(f"checkpoints in {checkpoint_dir()}", highlight=False)
     return 0
 

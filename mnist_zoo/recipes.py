@@ -79,6 +79,10 @@ DEFAULTS = {
         **_NESTEROV,
     ),
 }
+# A plugin model's default recipe when it brings none (docs/plugins.md): lenet's, for 5 epochs at batch 128
+# (more steps than lenet's 4 epochs at 256), which suits a small convolutional network; --recipe-file and the
+# command-line overrides replace any of it.
+GENERIC = Recipe("default", epochs=5, batch_size=128, lr=0.1, warmup=0.2, weight_decay=5e-4, **_NESTEROV)
 # Recipes for one purpose, for the models that have one. fast: lenet to 99% test accuracy in the least time,
 # for the race against the peer recipe (bench/peer.py). Chosen on a held-out split of the training set, never
 # the test set (docs/recipes.md): Adam's short memory (betas 0.7, 0.9) follows a one-cycle schedule that ends
@@ -123,13 +127,15 @@ def check(recipe: Recipe, option: Callable[[str], str] = lambda key: f"recipe se
 def recipe_for(model: str, recipe: str = "default", **overrides) -> Recipe:
     """The named recipe for a model, with any non-None overrides (epochs, batch_size, lr, precision) applied and
     checked."""
-    model_info(model)  # validates the name
+    info = model_info(model)  # validates the name (or resolves a module:callable spec)
+    model = info.name
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if recipe == "fast" and model not in FAST:
         raise UserError(f"{model} has no fast recipe; {', '.join(FAST)} has one (docs/recipes.md)")
     given = {k: v for k, v in overrides.items() if v is not None}
-    base = {"default": DEFAULTS[model], "tutorial": TUTORIAL}.get(recipe) or FAST[model]
+    default = DEFAULTS.get(model) or replace(info.recipe or GENERIC, name="default")
+    base = {"default": default, "tutorial": TUTORIAL}.get(recipe) or FAST[model]
     return check(replace(base, **given), lambda key: f"--{key.replace('_', '-')}")
 
 
