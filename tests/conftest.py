@@ -3,13 +3,14 @@ checkpoints: MNIST_ZOO_CHECKPOINTS points at a temporary directory for each test
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from mnist_zoo import data
-from mnist_zoo.checkpoint import save_checkpoint
+from mnist_zoo.checkpoint import checkpoint_dir, save_checkpoint
 from mnist_zoo.recipes import recipe_for
 from mnist_zoo.train import train
 
@@ -74,3 +75,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if config.stash.get(CLUSTER_NOT_RUN, 0):
         n = config.stash[CLUSTER_NOT_RUN]
         terminalreporter.write_line(f"{n} cluster tests not run: pytest -m cluster runs them (tox -e ray)")
+
+
+@pytest.fixture
+def lenet_checkpoint(small_trained) -> Path:
+    """The small trained lenet as the zoo's checkpoint (MNIST_ZOO_CHECKPOINTS is a per-test directory)."""
+    target = checkpoint_dir() / "lenet.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(small_trained("lenet")[2], target)
+    return target

@@ -253,15 +253,6 @@ def test_verification_fails_on_a_wrong_artifact(small_trained, onnx_files, image
 # --- the command line ---
 
 
-@pytest.fixture
-def lenet_checkpoint(small_trained) -> Path:
-    """The small trained lenet as the zoo's checkpoint (MNIST_ZOO_CHECKPOINTS is a per-test directory)."""
-    target = checkpoint_dir() / "lenet.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(small_trained("lenet")[2], target)
-    return target
-
-
 def test_cli_exports_verifies_and_replaces(lenet_checkpoint, tmp_path, capsys):
     out_dir = tmp_path / "artifacts"
     assert cli.main(["lenet", "--onnx", "--torchscript", "--out", str(out_dir), "--json"]) == 0

@@ -19,7 +19,6 @@ import pytest
 from onnx import TensorProto, helper
 
 from export import cli, integrity, verify, web
-from mnist_zoo.checkpoint import checkpoint_dir
 from mnist_zoo.util import UserError
 
 # What fits: lenet.onnx, .pt and .pt2 are about 165 KiB each, its int8 file 55 KiB, onnxruntime-web 14 MB.
@@ -54,14 +53,6 @@ def disk(tmp_path):
     yield mount
     for point in mounted:
         subprocess.run(["umount", str(point)], check=True)
-
-
-@pytest.fixture
-def lenet_checkpoint(small_trained) -> Path:
-    target = checkpoint_dir() / "lenet.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(small_trained("lenet")[2], target)
-    return target
 
 
 @pytest.fixture
