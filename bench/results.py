@@ -60,7 +60,7 @@ def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
-    doc = read_json(path, RESULTS_SCHEMA, max_bytes=MAX_RESULTS_BYTES)
+    doc = read_json(path, RESULTS_SCHEMA, max_bytes=MAX_RESULTS_BYTES, max_values=MAX_RESULTS_VALUES)
     if not rows_of(doc):
         how = "run: pytest bench --benchmark-only --benchmark-json FILE"
         raise UserError(f"{path} holds no mnist-zoo benchmark rows ({how})")
@@ -69,10 +69,11 @@ def load(path: str | Path) -> dict:
 
 # --- what load() accepts: the fields our readers use, with their types ---------------------------------------
 
-# A full run's file is about 1 MB. Parsing JSON of short strings takes up to ~80 bytes of memory per byte of file
-# (a 12 MiB file: 990 MB at its peak), so past 8 MiB a file is refused: no input takes a command over 1 GB. A run
-# with --benchmark-save-data keeps every timing and can be larger: report it without --benchmark-save-data.
-MAX_RESULTS_BYTES = 8 << 20
+# pytest-benchmark's JSON keeps every row's raw timings (stats.data, one number a call timed): a quick run's file
+# is over 8 MiB, a full run's tens of MB with ~3 million numbers. Past 64 MiB or 6 million values, refused: parsed,
+# a number is 32 bytes, so the command stays under 1 GB whatever the file holds (docs/reliability.md).
+MAX_RESULTS_BYTES = 64 << 20
+MAX_RESULTS_VALUES = 6_000_000
 _NUMBER = {"type": "number"}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}  # what a reader divides by
 _OPTIONAL_NUMBER = {"type": ["number", "null"]}

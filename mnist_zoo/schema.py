@@ -31,6 +31,14 @@ MAX_DEPTH = 64  # the zoo's files nest 4 levels deep; anything near Python's rec
 # Parsed, an empty {} of 3 bytes takes ~200 bytes: 4 MiB of them would be 300 MB (16 MiB measured 1.2 GB). The
 # zoo's files hold a few thousand arrays and objects; a million bounds the parser's memory whatever the text.
 MAX_CONTAINERS = 1_000_000
+# Every other value (a number, a string, true, false, null) parsed is an object of 24-60 bytes and a pointer: a
+# file of "ab",... would take ~80 bytes per byte. Counted before parsing too; a benchmark file's raw timings
+# (pytest-benchmark's stats.data, 2,400 numbers in a quick row) are most of its values.
+MAX_VALUES = 4_000_000
+# A string parsed costs ~50 bytes and, in the bracket count below, a piece of the regex's output: counted first,
+# by its quotes, before anything is built (3 million strings took 1 GB in that count alone). The zoo's largest
+# files, a full benchmark run's, hold ~30,000.
+MAX_STRINGS = 250_000
 
 # "integer" in JSON Schema accepts 1.0; a Python int field must not get a float (range(1.0) fails mid-run).
 _TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
@@ -50,6 +58,7 @@ def read_json(
     what: str | None = None,
     max_bytes: int = MAX_BYTES,
     max_depth: int = MAX_DEPTH,
+    max_values: int = MAX_VALUES,
 ) -> object:
     """The JSON document in `path`, valid against `schema` (any JSON when None); else one UserError line that
     starts with `what` (default: the path)."""
@@ -61,11 +70,15 @@ def read_json(
         raise UserError(f"{what}: {e.strerror or e}") from None
     if len(data) > max_bytes:
         raise UserError(f"{what}: larger than {max_bytes:,} bytes, not a file of ours")
-    depth, containers = _shape(data)
+    if data.count(b'"') > 2 * MAX_STRINGS:
+        raise UserError(f"{what}: more than {MAX_STRINGS:,} strings, not a file of ours")
+    depth, containers, values = _shape(data)
     if depth > max_depth:
         raise UserError(f"{what}: nested {depth} levels deep, more than {max_depth}")
     if containers > MAX_CONTAINERS:
         raise UserError(f"{what}: {containers:,} arrays and objects, more than {MAX_CONTAINERS:,}")
+    if values > max_values:
+        raise UserError(f"{what}: about {values:,} values, more than {max_values:,}")
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError, MemoryError) as e:  # UnicodeDecodeError and JSONDecodeError included
@@ -89,14 +102,16 @@ def nesting_depth(data: bytes) -> int:
     return _shape(data)[0]
 
 
-def _shape(data: bytes) -> tuple[int, int]:
-    """(nesting depth, number of arrays and objects) of a JSON text, brackets inside strings not counted; counted
-    on the bytes with numpy, so the cost is linear and small whatever the text."""
-    brackets = np.frombuffer(_STRING.sub(b"", data).translate(None, _NOT_BRACKETS), dtype=np.uint8)
+def _shape(data: bytes) -> tuple[int, int, int]:
+    """(nesting depth, number of arrays and objects, about how many values) of a JSON text, what is inside
+    strings not counted; counted on the bytes with numpy, so the cost is linear and small whatever the text."""
+    bare = _STRING.sub(b"", data)
+    values = bare.count(b",") + bare.count(b":") + 1  # each separator starts a value (an object's key is one)
+    brackets = np.frombuffer(bare.translate(None, _NOT_BRACKETS), dtype=np.uint8)
     if brackets.size == 0:
-        return 0, 0
+        return 0, 0, values
     opens = (brackets == ord("[")) | (brackets == ord("{"))
-    return int(np.cumsum(np.where(opens, 1, -1), dtype=np.int64).max()), int(opens.sum())
+    return int(np.cumsum(np.where(opens, 1, -1), dtype=np.int64).max()), int(opens.sum()), values
 
 
 def describe(error: jsonschema.ValidationError) -> str:

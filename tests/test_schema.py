@@ -87,3 +87,16 @@ def test_size_and_nesting_are_capped_before_parsing(tmp_path):
             read_json(deep)
     with pytest.raises(UserError, match="No such file"):
         read_json(tmp_path / "absent.json")
+
+
+def test_strings_and_values_are_counted_before_parsing(tmp_path):
+    many = tmp_path / "many.json"
+    many.write_text(
+        "[" + ",".join(['"a"'] * 250_001) + "]"
+    )  # 1 MB, 13 MB parsed; 3 million took 1 GB to count
+    with pytest.raises(UserError, match=r"^many.json: more than 250,000 strings, not a file of ours$"):
+        read_json(many, what="many.json")
+    many.write_text("[" + ",".join(["0.5"] * 5000) + "]")
+    with pytest.raises(UserError, match=r"^many.json: about 5,000 values, more than 4,999$"):
+        read_json(many, what="many.json", max_values=4999)
+    assert len(read_json(many, what="many.json", max_values=5000)) == 5000
