@@ -37,7 +37,7 @@ from export.common import first_line, write_failure
 from export.integrity import onnx_metadata, read_artifact
 from export.page_server import DEFAULT_PORT, HOST, page_dir, serve, server  # noqa: F401 (as web.serve, ...)
 from mnist_zoo.data import cache_dir
-from mnist_zoo.util import _OUR_TMP, UserError, WriteFailed, atomic_write_bytes, check_output_dir, err
+from mnist_zoo.util import OUR_TEMP_FILE, UserError, WriteFailed, atomic_write_bytes, check_output_dir, err
 
 ORT_WEB_VERSION = "1.30.0"
 ORT_WEB = f"onnxruntime-web@{ORT_WEB_VERSION}"
@@ -159,7 +159,7 @@ def check_page_dir(web_dir: Path) -> None:
         for p in entries
         if p.is_symlink()
         or not p.is_file()
-        or not (p.name in ours or p.suffix == ".onnx" or _OUR_TMP.fullmatch(p.name))
+        or not (p.name in ours or p.suffix == ".onnx" or OUR_TEMP_FILE.fullmatch(p.name))
     ]
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")

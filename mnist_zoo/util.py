@@ -34,7 +34,7 @@ err = Console(stderr=True)
 STALE_TMP_S = 3600
 # atomic_write's temporary names: .NAME.PID.XXXXXXXX.tmp (mkstemp's 8 random characters); without the PID
 # before this version. Nothing else is ever removed.
-_OUR_TMP = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp")
+OUR_TEMP_FILE = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp")
 
 
 EXIT_IO = 74  # sysexits.h EX_IOERR: a write failed (a full disk, a quota, an I/O error)
@@ -112,11 +112,11 @@ def remove_stale_temps(directory: Path) -> None:
     """Delete the leftovers of killed writers in `directory`: only atomic_write's own temporary files (and
     directories named like them), only when older than STALE_TMP_S and their writer is no longer running."""
     try:
-        candidates = [p for p in directory.iterdir() if _OUR_TMP.fullmatch(p.name)]
+        candidates = [p for p in directory.iterdir() if OUR_TEMP_FILE.fullmatch(p.name)]
     except OSError:
         return
     for p in candidates:
-        pid = _OUR_TMP.fullmatch(p.name)["pid"]
+        pid = OUR_TEMP_FILE.fullmatch(p.name)["pid"]
         try:
             if time.time() - p.lstat().st_mtime < STALE_TMP_S or (pid is not None and _running(int(pid))):
                 continue
