@@ -285,6 +285,7 @@ RUN = {"slowdown": 0.0, "rounds": 6, "pairs": {"training/lenet": [[1.0] * 6, [1.
     [
         (None, "No such file"),
         ("{not json", "not JSON"),
+        ('{"runs": [{"slowdown": 0.0, "rounds": NaN}]}', "runs[0].rounds is NaN, not a finite number"),
         ("[]", "the document must be object"),
         ('{"table": []}', "lacks runs"),
         (json.dumps({"runs": [{**RUN, "rounds": "6"}]}), "runs[0].rounds must be integer"),
