@@ -7,7 +7,9 @@
 Every problem is one UserError line naming the file and, for a schema failure, the field's path, e.g.
 "--recipe-file best.json: recipe.epochs must be integer, got 1.5". The size is capped before anything is read,
 and the nesting depth and the number of arrays and objects before the text is parsed, so no file can make the
-reader use more than a few hundred MB or overflow Python's parser (RecursionError near 1,000 levels). Validation is `jsonschema`'s, the reference implementation
+reader use more than a few hundred MB or overflow Python's parser (RecursionError near 1,000 levels). NaN,
+Infinity, -Infinity (which Python's json reads, and JSON has not) and numbers past a float's range are refused,
+naming the field. Validation is `jsonschema`'s, the reference implementation
 of the standard: its errors carry the path of the failing field, which is what the one line needs.
 """
 
