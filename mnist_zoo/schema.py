@@ -194,9 +194,12 @@ def describe(error: jsonschema.ValidationError) -> str:
 
 
 def field_path(parts: Iterable[str | int]) -> str:
-    """recipe.epochs, runs[3].accuracy: a JSON path as a user reads it."""
+    """recipe.epochs, runs[3].accuracy: a JSON path as a user reads it; a key with a newline or another
+    unprintable character is shown quoted ('a\\nb'), so the error stays one line."""
     text = ""
     for part in parts:
+        if not isinstance(part, int) and not part.isprintable():
+            part = repr(part)
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 

@@ -111,6 +111,7 @@ def test_strings_and_values_are_counted_before_parsing(tmp_path):
         ('[0.5, {"x": 1e999}]', "[1].x is 1e999"),  # past a float's range: Python makes it inf
         ('{"a": [[], {"b": -1E+400}], "c": NaN}', "a[1].b is -1E+400"),  # the first in the file
         ("[" + "9" * 400 + ".5]", "[0] is 999999999999999999999..., not"),
+        ('{"a\\nb": {"c": NaN}}', "'a\\nb'.c is NaN"),  # a newline in a key stays out of the line
     ],
 )
 def test_nan_and_infinity_are_refused_naming_the_field(tmp_path, text, message):
