@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench import against, stats
+from mnist_zoo.schema import read_json
 from mnist_zoo.targets import CHECK_THRESHOLD
 from mnist_zoo.util import UserError, atomic_write, guarded, out
 
@@ -44,9 +46,14 @@ def plan(aa: int, slowdowns: list[str]) -> list[float]:
     for item in slowdowns:
         try:
             fraction, times = item.split(":")
-            groups.append([float(fraction)] * int(times))
+            fraction, times = float(fraction), int(times)
         except ValueError:
             raise UserError(f"--slowdowns takes FRACTION:TIMES like 0.10:10, got {item!r}") from None
+        if not (0 <= fraction < math.inf and times >= 0):  # NaN fails too; -1 would divide by zero
+            raise UserError(
+                f"--slowdowns takes a fraction of at least 0 and a count of at least 0, got {item!r}"
+            )
+        groups.append([fraction] * times)
     order = []
     while any(groups):
         for g in groups:
@@ -129,16 +136,14 @@ def replay(args: argparse.Namespace, seed: int = 0) -> int:
     """Checks replayed from the A/A rounds of a calibration file (see the module's docstring)."""
     import numpy as np
 
-    try:
-        runs = json.loads(args.replay.read_text())["runs"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(
-            f"{args.replay} is not a calibration file of python -m bench.calibrate ({e})"
-        ) from None
+    runs = read_json(args.replay, CALIBRATION_SCHEMA, max_bytes=MAX_CALIBRATION_BYTES)["runs"]
     rounds = []  # one dict per measured A/A round: figure -> (base, head)
     for run in (r for r in runs if r["slowdown"] == 0 and r.get("pairs")):
-        for i in range(run["rounds"]):
-            pairs = {n: (b[i], h[i]) for n, (b, h) in run["pairs"].items() if i < len(b) and i < len(h)}
+        # None for a side: it lacked the figure; None for a value: that round failed
+        series = {n: (b or [], h or []) for n, (b, h) in run["pairs"].items()}
+        measured = max((min(len(b), len(h)) for b, h in series.values()), default=0)
+        for i in range(min(run["rounds"], measured)):
+            pairs = {n: (b[i], h[i]) for n, (b, h) in series.items() if i < len(b) and i < len(h)}
             rounds.append({n: p for n, p in pairs.items() if p[0] and p[1]})
     if len(rounds) < against.MIN_ROUNDS:
         raise UserError(
@@ -150,11 +155,11 @@ def replay(args: argparse.Namespace, seed: int = 0) -> int:
         drawn = [rounds[i] for i in rng.integers(0, len(rounds), against.MAX_ROUNDS)]
         for n in range(against.MIN_ROUNDS, against.MAX_ROUNDS + 1):
             verdicts = {}
-            for name in drawn[0]:
+            for name in sorted({f for r in drawn for f in r}):  # a failed round lacks some
                 # a slower head: its times longer, its rates lower, by the slowdown
                 ratios = [
                     b / (h * (1 + slowdown)) if name.startswith("latency/") else h / (1 + slowdown) / b
-                    for b, h in (r[name] for r in drawn[:n])
+                    for b, h in (r[name] for r in drawn[:n] if name in r)
                 ]
                 verdicts[name] = stats.decide(stats.ratio_ci(ratios), args.threshold)
             if not set(verdicts.values()) & set(stats.OPEN):
@@ -211,6 +216,31 @@ def calibrate(args: argparse.Namespace) -> int:
                     save(args.json, runs)
     print_table(summarize(runs))
     return 0
+
+
+# What --replay reads: a file as save() writes it. Values are seconds or rates (positive), None where a round
+# failed; pairs[figure] is [base's values, head's values], None for a side without that figure.
+_VALUES = {"type": ["array", "null"], "items": {"type": ["number", "null"], "exclusiveMinimum": 0}}
+_RUN = {
+    "type": "object",
+    "required": ["slowdown", "rounds"],
+    "properties": {
+        "slowdown": {"type": "number", "minimum": 0},
+        "rounds": {"type": "integer", "minimum": 0},
+        "verdicts": {"type": "object", "additionalProperties": {"type": "string"}},
+        "pairs": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": _VALUES, "minItems": 2, "maxItems": 2},
+        },
+        "seconds": {"type": "number"},
+    },
+}
+CALIBRATION_SCHEMA = {
+    "type": "object",
+    "required": ["runs"],
+    "properties": {"runs": {"type": "array", "items": _RUN}},
+}
+MAX_CALIBRATION_BYTES = 16 << 20  # a check's rounds take ~20 KB: 800 checks, days of a machine's time
 
 
 def save(path: Path, runs: list[dict]) -> None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mnist_zoo.schema import parse_json
 from mnist_zoo.util import UserError, atomic_write, atomic_write_bytes
 
 if TYPE_CHECKING:  # onnx is imported where it is used: a TorchScript loader (bench/coldstart.py) needs none
@@ -119,10 +120,11 @@ def check_extra_file(text: str | bytes | None, state_dict: dict[str, torch.Tenso
     """Parse the archive's metadata and check its weights digest against the loaded weights."""
     if not text:
         raise UserError(f"{path} is not an mnist-zoo export (no {EXTRA_FILE} inside); re-export it")
-    try:
-        meta = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise UserError(f"{path}: {EXTRA_FILE} inside the archive is damaged; re-export it") from None
+    data = text.encode() if isinstance(text, str) else text
+    try:  # the archive's bytes matched its digest, but a digest beside a file is anyone's to recompute
+        meta = parse_json(data, what=f"{path}: {EXTRA_FILE} inside the archive is damaged")
+    except UserError as e:
+        raise UserError(f"{e}; re-export it") from None
     if not isinstance(meta, dict) or meta.get("weights_sha256") != weights_digest(state_dict):
         raise UserError(
             f"{path} was modified after export (weights SHA-256 mismatch; {SEAL_SCOPE}); re-export it"

@@ -7,7 +7,9 @@
 Every problem is one UserError line naming the file and, for a schema failure, the field's path, e.g.
 "--recipe-file best.json: recipe.epochs must be integer, got 1.5". The size is capped before anything is read,
 and the nesting depth and the number of arrays and objects before the text is parsed, so no file can make the
-reader use more than a few hundred MB or overflow Python's parser (RecursionError near 1,000 levels). Validation is `jsonschema`'s, the reference implementation
+reader use more than a few hundred MB or overflow Python's parser (RecursionError near 1,000 levels). NaN,
+Infinity, -Infinity (which Python's json reads, and JSON has not) and numbers past a float's range are refused,
+naming the field. Validation is `jsonschema`'s, the reference implementation
 of the standard: its errors carry the path of the failing field, which is what the one line needs.
 """
 
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import jsonschema
@@ -48,6 +51,10 @@ _VALIDATOR = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_
 # A JSON string, escapes included (the unrolled form: linear time, no backtracking on long strings).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")  # bytes.translate deletes these, in C
+# What a NaN, an infinity or a number past a float's range parses to, until it is refused: Python's json reads
+# NaN, Infinity and -Infinity, which JSON has not, and a schema's "number" would take them (a NaN p50_s, an
+# infinite lr). One object, so the refusal can find where it sits.
+_NON_FINITE = object()
 _PYTHON_TO_JSON = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
 
 
@@ -70,6 +77,19 @@ def read_json(
         raise UserError(f"{what}: {e.strerror or e}") from None
     if len(data) > max_bytes:
         raise UserError(f"{what}: larger than {max_bytes:,} bytes, not a file of ours")
+    return parse_json(data, schema, what=what, max_depth=max_depth, max_values=max_values)
+
+
+def parse_json(
+    data: bytes,
+    schema: dict | None = None,
+    *,
+    what: str,
+    max_depth: int = MAX_DEPTH,
+    max_values: int = MAX_VALUES,
+) -> object:
+    """read_json's checks and parsing for JSON text already in memory (e.g. a file inside an archive; its size
+    is the caller's to cap)."""
     if data.count(b'"') > 2 * MAX_STRINGS:
         raise UserError(f"{what}: more than {MAX_STRINGS:,} strings, not a file of ours")
     depth, containers, values = _shape(data)
@@ -79,10 +99,24 @@ def read_json(
         raise UserError(f"{what}: {containers:,} arrays and objects, more than {MAX_CONTAINERS:,}")
     if values > max_values:
         raise UserError(f"{what}: about {values:,} values, more than {max_values:,}")
+    non_finite: list[str] = []  # their text, in the order of the file
+
+    def refuse(text: str) -> object:
+        non_finite.append(text)
+        return _NON_FINITE
+
+    def number(text: str) -> float | object:
+        value = float(text)
+        return value if math.isfinite(value) else refuse(text)  # 1e999 parses to inf
+
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, parse_constant=refuse, parse_float=number)
     except (ValueError, RecursionError, MemoryError) as e:  # UnicodeDecodeError and JSONDecodeError included
         raise UserError(f"{what}: not JSON ({_short(e)})") from None
+    if non_finite:
+        where = field_path(_path_to(doc, _NON_FINITE)) or "the document"
+        text = non_finite[0] if len(non_finite[0]) <= 24 else non_finite[0][:21] + "..."  # 400 digits .0
+        raise UserError(f"{what}: {where} is {text}, not a finite number (JSON has no NaN or Infinity)")
     if schema is not None:
         check(doc, schema, what=what)
     return doc
@@ -95,6 +129,32 @@ def check(doc: object, schema: dict, *, what: str) -> object:
     if error is not None:
         raise UserError(f"{what}: {describe(error)}")
     return doc
+
+
+def _path_to(doc: object, target: object) -> list[str | int]:
+    """The path of the first `target` (by identity) in `doc`, in document order; [] if `doc` is it or lacks it.
+    Without recursion, and holding one iterator per level, whatever the number of values."""
+    path: list[str | int] = []
+    levels = [_children(doc)]
+    while levels:
+        for key, value in levels[-1]:
+            if value is target:
+                return [*path, key]
+            if isinstance(value, dict | list):
+                path.append(key)
+                levels.append(_children(value))
+                break
+        else:  # this level done: back to its parent
+            levels.pop()
+            if path:
+                path.pop()
+    return []
+
+
+def _children(value: object) -> Iterator[tuple[str | int, object]]:
+    return iter(
+        value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    )
 
 
 def nesting_depth(data: bytes) -> int:
@@ -134,9 +194,12 @@ def describe(error: jsonschema.ValidationError) -> str:
 
 
 def field_path(parts: Iterable[str | int]) -> str:
-    """recipe.epochs, runs[3].accuracy: a JSON path as a user reads it."""
+    """recipe.epochs, runs[3].accuracy: a JSON path as a user reads it; a key with a newline or another
+    unprintable character is shown quoted ('a\\nb'), so the error stays one line."""
     text = ""
     for part in parts:
+        if not isinstance(part, int) and not part.isprintable():
+            part = repr(part)
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 

@@ -266,10 +266,45 @@ def test_calibration_replays_checks_from_measured_rounds(tmp_path, capsys):
         "contention": [0, 0],
         "pairs": pairs,
     }
+    # as a real run can leave them: a figure only head has, a round that failed on one side
+    failed = json.loads(json.dumps({**run, "pairs": {**pairs, "latency/new/b1": [None, [1e-3] * rounds]}}))
+    failed["pairs"]["training/lenet"][0][3] = None
     saved = tmp_path / "calibration.json"
-    saved.write_text(json.dumps({"runs": [run]}))
+    calibrate.save(saved, [run, failed])  # the file as a calibration writes it
     assert calibrate.main(["--replay", str(saved), "--aa", "50", "--slowdowns", "0.2:50"]) == 0
     table = capsys.readouterr().out
     assert "| none (A/A) | 50 | 0 | 0/100 |" in table  # 1% noise: no false alarm
     assert "| 20% | 50 | 50 | 100/100 |" in table  # and every 20% slowdown found
-    assert calibrate.main(["--replay", str(tmp_path / "nope.json")]) == 1
+
+
+RUN = {"slowdown": 0.0, "rounds": 6, "pairs": {"training/lenet": [[1.0] * 6, [1.0] * 6]}}
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        (None, "No such file"),
+        ("{not json", "not JSON"),
+        ('{"runs": [{"slowdown": 0.0, "rounds": NaN}]}', "runs[0].rounds is NaN, not a finite number"),
+        ("[]", "the document must be object"),
+        ('{"table": []}', "lacks runs"),
+        (json.dumps({"runs": [{**RUN, "rounds": "6"}]}), "runs[0].rounds must be integer"),
+        (json.dumps({"runs": [{**RUN, "rounds": 1e12}]}), "runs[0].rounds must be integer"),
+        (json.dumps({"runs": [{**RUN, "pairs": {"f": [[1.0], ["x"]]}}]}), "runs[0].pairs.f[1][0] must be"),
+        (json.dumps({"runs": [{**RUN, "pairs": {"f": [[-1.0], [1.0]]}}]}), "runs[0].pairs.f[0][0]"),
+        (json.dumps({"runs": [{**RUN, "pairs": {"f": [[1.0]]}}]}), "runs[0].pairs.f"),
+        (json.dumps({"runs": [RUN]}) + " " * (16 << 20), "larger than"),
+        (json.dumps({"runs": [{**RUN, "rounds": 10**12, "pairs": {"f": [[1.0] * 2] * 2}}]}), "holds 2 A/A"),
+        (json.dumps({"runs": [{**RUN, "slowdown": 0.1}]}), "holds 0 A/A rounds"),
+    ],
+)
+def test_calibration_replay_refuses_a_bad_file_in_one_line(tmp_path, capsys, text, says):
+    from bench import calibrate
+
+    path = tmp_path / "calibration.json"
+    if text is not None:
+        path.write_text(text)
+    assert calibrate.main(["--replay", str(path), "--aa", "1", "--slowdowns"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}"), err
+    assert says in err, err

@@ -89,6 +89,8 @@ BROKEN = {
         _set(0, "p50_s", 0),
         "benchmarks[0].extra_info.p50_s: 0 is less than or equal to the minimum",
     ),
+    "p50 NaN": (_set(0, "p50_s", float("nan")), "benchmarks[0].extra_info.p50_s is NaN, not a finite number"),
+    "accuracy infinite": (_set(3, "accuracy", float("inf")), "benchmarks[3].extra_info.accuracy is Infinity"),
     "interval of one": (_set(0, "p50_ci_s", [1.0]), "benchmarks[0].extra_info.p50_ci_s: [1.0] is too short"),
     "accuracy null": (
         _set(3, "accuracy", None),
@@ -158,6 +160,7 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch)
         (lambda b: b.update(tolerance="5%"), "tolerance must be number, got '5%'"),
         (lambda b: b.update(tolerance=1.5), "tolerance: 1.5 is greater than or equal to the maximum of 1"),
         (lambda b: b["ratios"].update(x="fast"), "ratios.x must be number, got 'fast'"),
+        (lambda b: b["ratios"].update(x=-float("inf")), "ratios.x is -Infinity, not a finite number"),
         (lambda b: b.update(required="accuracy/lenet/eager"), "required must be array"),
         (lambda b: b["machine"].update(threads=[]), "machine.threads: [] should be non-empty"),
     ],

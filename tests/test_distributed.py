@@ -54,12 +54,37 @@ def test_lenet_on_two_processes_reaches_its_floor(tmp_path):
     ],
 )
 def test_torchrun_misuse_is_said_once(tmp_path, argv, message):
-    """Rank 0 alone says what is wrong (torchrun's own failure report follows: it is torchrun's)."""
+    """Rank 0 alone says what is wrong; torchrun's own failure report follows (it is torchrun's), and its
+    Root Cause shows that line, from the error file each rank writes, not "To enable traceback see ..."."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     proc = subprocess.run([*command, "-m", "mnist_zoo", *argv], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+    root_cause = proc.stderr.split("Root Cause (first observed failure):")[1]
+    assert f"traceback : {errors[0].removeprefix('error: ')}" in root_cause, root_cause
+    assert "To enable traceback" not in proc.stderr and "<N/A>" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_the_error_file_is_what_torchrun_reads(tmp_path, monkeypatch):
+    """The error guard writes TORCHELASTIC_ERROR_FILE in the format torchrun's agent reads (its own parser here)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from mnist_zoo.util import UserError, guarded
+
+    path = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+
+    def refused() -> int:
+        raise UserError("no such model 'x'")
+
+    assert guarded(refused, quiet=True) == 1
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(path))
+    report = ChildFailedError("mnist_zoo", {0: failure}).format_msg()
+    assert "traceback : no such model 'x'" in report and "To enable traceback" not in report, report
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")
+    path.unlink()
+    assert guarded(refused, quiet=True) == 1 and not path.exists()  # without torchrun, no file
 
 
 def test_ctrl_c_under_torchrun_is_said_once(tmp_path):

@@ -194,6 +194,27 @@ def test_tampered_torchscript_is_refused(small_trained, tmp_path):
         load_torchscript(tmp_path / "junk.pt", sha256=sha256_file(tmp_path / "junk.pt"))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize(
+    "inside, says",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested 100000 levels deep"),  # json.loads: RecursionError
+        ('{"weights_sha256": NaN}', "weights_sha256 is NaN, not a finite number"),
+        ("{not json", "not JSON"),
+    ],
+)
+def test_a_damaged_metadata_file_inside_torchscript_is_one_line(small_trained, tmp_path, inside, says):
+    """The file's digest can be recomputed by whoever edits it: what is inside is still read with care."""
+    module = torch.jit.load(str(export_torchscript(small_trained("mlp")[0], tmp_path / "mlp.pt")))
+    path = tmp_path / "edited.pt"
+    torch.jit.save(module, str(path), _extra_files={EXTRA_FILE: inside})
+    with pytest.raises(UserError) as refused:
+        load_torchscript(path, sha256=sha256_file(path))
+    message = str(refused.value)
+    assert message.startswith(f"{path}: {EXTRA_FILE} inside the archive is damaged: ") and says in message
+    assert message.endswith("; re-export it") and "\n" not in message
+
+
 def test_opsets(small_trained, tmp_path, monkeypatch):
     """The accepted range is what the exporter really produces: both ends work, and one below does not."""
     model = small_trained("mlp")[0]

@@ -100,3 +100,40 @@ def test_strings_and_values_are_counted_before_parsing(tmp_path):
     with pytest.raises(UserError, match=r"^many.json: about 5,000 values, more than 4,999$"):
         read_json(many, what="many.json", max_values=4999)
     assert len(read_json(many, what="many.json", max_values=5000)) == 5000
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"a": [1, {"p50_s": NaN}]}', "a[1].p50_s is NaN"),
+        ('{"recipe": {"lr": Infinity}}', "recipe.lr is Infinity"),
+        ("-Infinity", "the document is -Infinity"),
+        ('[0.5, {"x": 1e999}]', "[1].x is 1e999"),  # past a float's range: Python makes it inf
+        ('{"a": [[], {"b": -1E+400}], "c": NaN}', "a[1].b is -1E+400"),  # the first in the file
+        ("[" + "9" * 400 + ".5]", "[0] is 999999999999999999999..., not"),
+        ('{"a\\nb": {"c": NaN}}', "'a\\nb'.c is NaN"),  # a newline in a key stays out of the line
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_the_field(tmp_path, text, message):
+    """Python's json reads NaN, Infinity and -Infinity (JSON has none), and a schema's "number" takes them."""
+    path = tmp_path / "odd.json"
+    path.write_text(text)
+    with pytest.raises(UserError) as refused:
+        read_json(path, what="odd.json")
+    assert str(refused.value).startswith(f"odd.json: {message}"), refused.value
+    assert str(refused.value).endswith("not a finite number (JSON has no NaN or Infinity)")
+
+
+def test_nan_in_strings_and_finite_extremes_are_kept(tmp_path):
+    path = tmp_path / "fine.json"
+    path.write_text('{"NaN": "Infinity", "big": 1.7e308, "small": 1e-400, "int": ' + "9" * 400 + "}")
+    assert read_json(path) == {"NaN": "Infinity", "big": 1.7e308, "small": 0.0, "int": int("9" * 400)}
+
+
+def test_a_recipe_file_with_an_infinite_lr_is_one_line(tmp_path, capsys):
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(_recipe_doc(lr=float("inf"))))  # json.dumps writes Infinity
+    assert main(["train", "mlp", "--recipe-file", str(path), "--checkpoint", str(tmp_path / "mlp.pt")]) == 1
+    assert capsys.readouterr().err == (
+        f"error: --recipe-file {path}: recipe.lr is Infinity, not a finite number (JSON has no NaN or Infinity)\n"
+    )
