@@ -52,11 +52,6 @@ class Recipe:
     augment: bool = False
     plain_epochs: int = 0
     precision: str = "fp32"  # one of PRECISIONS
-    # The training loss's targets: 1 - label_smoothing on the true digit, the rest spread over all ten (0: one-hot).
-    label_smoothing: float = 0.0
-    # An exponential moving average of the weights (and of BatchNorm's running statistics), updated after every
-    # step with this decay (0: none); every evaluation, the result and the checkpoint are the average's.
-    ema: float = 0.0
 
 
 # The tutorial's settings (SGD lr 0.1, batch 32, 5 epochs), but trained on logits.
@@ -112,8 +107,6 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "beta2": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "plain_epochs": (lambda v: v >= 0, "at least 0"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
-    "ema": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
 }
 
 

@@ -39,7 +39,7 @@ from mnist_zoo.util import UserError
 SWEEP_SCHEMA = "mnist-zoo/sweep/1"
 # The recipe settings a grid may vary, and their types.
 GRID_KEYS = {"lr": float, "batch_size": int, "epochs": int, "momentum": float, "weight_decay": float}
-GRID_KEYS.update(warmup=float, label_smoothing=float, ema=float)
+GRID_KEYS.update(warmup=float)
 VALIDATION_FOLDS = 6  # without --folds: the first of 6 stratified folds (10,000 of 60,000 images) is held out
 SCHEDULERS = ("asha", "fifo")
 # The most trials one sweep may ask for (configurations x seeds x folds): Tune holds every trial in memory, and a

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mnist_zoo.augment import random_affine
 from mnist_zoo.cpu import Contention
@@ -134,12 +133,10 @@ class SliceGradient:
     and does not depend on which slice finishes first.
 
     cast() is the context of each forward pass and loss, entered on the thread that runs them (autocast is per
-    thread; precision.py); scaler scales the loss before backward (float16 on a GPU; disabled otherwise);
-    smoothing is the loss's label smoothing (the recipe's)."""
+    thread; precision.py); scaler scales the loss before backward (float16 on a GPU; disabled otherwise)."""
 
     cast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     scaler: torch.amp.GradScaler | None = None
-    smoothing: float = 0.0
 
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         return loss if self.scaler is None else self.scaler.scale(loss)
@@ -159,7 +156,7 @@ class SliceGradient:
         if self.pool is None:
             with self.cast():
                 logits = self.model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=self.smoothing)
+                loss = F.cross_entropy(logits, y)
             self.model.zero_grad(set_to_none=True)
             self.scaled(loss).backward()
             return loss.detach() * len(y), (logits.detach().argmax(1) == y).sum(), len(y)
@@ -167,7 +164,7 @@ class SliceGradient:
         def one_slice(xs: torch.Tensor, ys: torch.Tensor) -> tuple:
             with self.cast():  # here, on the pool thread: autocast's state is per thread
                 logits = self.model(xs)
-                loss = F.cross_entropy(logits, ys, label_smoothing=self.smoothing) * (len(ys) / len(y))
+                loss = F.cross_entropy(logits, ys) * (len(ys) / len(y))
             grads = torch.autograd.grad(self.scaled(loss), self.params)
             return loss.detach(), (logits.detach().argmax(1) == ys).sum(), grads
 
@@ -195,8 +192,7 @@ class ShardGradient(SliceGradient):
         with self.cast():
             logits = self.model(xs)
             if len(ys):
-                loss = F.cross_entropy(logits, ys, reduction="sum", label_smoothing=self.smoothing)
-                loss = loss / len(y) * self.world
+                loss = F.cross_entropy(logits, ys, reduction="sum") / len(y) * self.world
             else:  # a last batch smaller than the world: this rank still joins the gradients' all-reduce
                 loss = logits.sum() * 0
         self.model.zero_grad(set_to_none=True)
@@ -283,12 +279,6 @@ def train(
     if device.type == "cpu" and model_info(model_name).channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = optimizer(model, recipe)
-    # recipe.ema: the average of the weights is what is evaluated and kept. use_buffers: BatchNorm's running
-    # statistics are averaged alongside the weights, so the average's statistics belong to the averaged weights.
-    averaged = None
-    if recipe.ema:
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
-    scored = model if averaged is None else averaged.module  # the weights evaluated, timed and returned
     chosen = choose(recipe.precision, model_name, device)
     # A float16 loss would underflow without scaling; bf16 has float32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=chosen.precision == "fp16")
@@ -297,7 +287,7 @@ def train(
     timing_points = {round(steps_per_epoch * k / TIMING_POINTS) for k in range(1, TIMING_POINTS)}
     pending = sorted({*timed, stop_at_accuracy} - {None}) if eval_split is not None else []
     points: list[tuple[dict, dict]] = []  # (history row, weights) at this epoch's timing points
-    result = TrainResult(scored, recipe, seed, str(device), threads, streams, ranks.world)
+    result = TrainResult(model, recipe, seed, str(device), threads, streams, ranks.world)
     result.precision, result.precision_reason = chosen.precision, chosen.reason
     evaluating = 0.0  # evaluation seconds, left out of the training time
     start = _now(device)
@@ -307,7 +297,6 @@ def train(
         torch_threads(max(1, threads // streams)),
     ):
         gradient.cast, gradient.scaler = (lambda: autocast(chosen, device)), scaler
-        gradient.smoothing = recipe.label_smoothing
         for step, (epoch, i, x, y) in enumerate(batches(train_split, recipe, seed, device)):
             # The epoch's running loss and accuracy stay on the device: reading them back would stall a GPU.
             if i == 0:
@@ -318,8 +307,6 @@ def train(
             loss_sum, correct, images = gradient(x, y)
             scaler.step(opt)  # opt.step(), unless a float16 gradient overflowed
             scaler.update()
-            if averaged is not None:
-                averaged.update_parameters(model)
             seen += images
             result.images_seen += len(y)
             run_loss += loss_sum
@@ -340,7 +327,7 @@ def train(
             # A timing point: keep the weights, to evaluate if this epoch reaches a timed accuracy.
             if not last:
                 row.update(train_loss=run_loss / seen, train_accuracy=run_correct / seen)
-                points.append((row, {k: v.clone() for k, v in scored.state_dict().items()}))
+                points.append((row, {k: v.clone() for k, v in model.state_dict().items()}))
                 evaluating += _now(device) - paused
                 continue
             loss_total, correct_total, images_total = ranks.epoch_totals(run_loss, run_correct, seen)
@@ -350,10 +337,10 @@ def train(
             what = "the loss or the weights"
             if ok and eval_split is not None:
                 with torch_threads(threads):  # evaluation uses every thread
-                    result.final = evaluate(scored, eval_split)
+                    result.final = evaluate(model, eval_split)
                     crossed = [a for a in pending if result.final.accuracy >= a]
                     if crossed:  # when, within this epoch: its timing points tell
-                        result.history += _first_crossing(scored, points, eval_split, max(crossed))
+                        result.history += _first_crossing(model, points, eval_split, max(crossed))
                 pending = [a for a in pending if a not in crossed]
                 row.update(eval_loss=result.final.loss, eval_accuracy=result.final.accuracy)
                 ok, what = math.isfinite(result.final.loss), "the test loss"
@@ -369,7 +356,7 @@ def train(
             if stop:
                 break
     result.contention = ranks.contention(contention)
-    scored.eval()
+    model.eval()
     return result
 
 

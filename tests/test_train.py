@@ -8,17 +8,15 @@ import pickle
 import re
 import time
 import warnings
-from dataclasses import replace
 
 import pytest
 import torch
 
-from mnist_zoo import train as train_module
 from mnist_zoo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from mnist_zoo.cli import main
 from mnist_zoo.models import get_model
 from mnist_zoo.progress import Progress
-from mnist_zoo.recipes import DEFAULTS, FAST, GENERIC, TUTORIAL, lr_at, recipe_for
+from mnist_zoo.recipes import TUTORIAL, lr_at, recipe_for
 from mnist_zoo.train import SliceGradient, confusion_matrix, default_streams, evaluate, train
 from mnist_zoo.util import STALE_TMP_S, UserError, atomic_write_bytes
 
@@ -46,63 +44,6 @@ def test_recipe_overrides_and_errors():
         recipe_for("dnn", lr=-1.0)
     with pytest.raises(UserError, match="unknown model"):
         recipe_for("vgg")
-
-
-def test_label_smoothing_and_weight_average_are_off_unless_a_recipe_asks():
-    for r in [*DEFAULTS.values(), FAST["lenet"], TUTORIAL, GENERIC]:
-        assert (r.label_smoothing, r.ema) == (0.0, 0.0)
-    with pytest.raises(UserError, match="--ema must be at least 0 and below 1, got 1.0"):
-        recipe_for("cnn", ema=1.0)
-    with pytest.raises(UserError, match="--label-smoothing must be at least 0 and below 1"):
-        recipe_for("cnn", label_smoothing=-0.1)
-
-
-def _cnn_steps(train_split, test_split, monkeypatch, **changes):
-    """A 4-step cnn run with `changes` to its recipe, and the trained model's state after every step."""
-    subset, test_subset = train_split.subset(torch.arange(1024)), test_split.subset(torch.arange(500))
-    made, states = [], []
-
-    def keep(name):
-        made.append(get_model(name))
-        return made[-1]
-
-    monkeypatch.setattr(train_module, "get_model", keep)
-    on_step = lambda info: states.append({k: v.clone() for k, v in made[0].state_dict().items()})  # noqa: E731
-    recipe = replace(recipe_for("cnn", epochs=1), **changes)
-    return train("cnn", recipe, subset, test_subset, seed=0, on_step=on_step), states, test_subset
-
-
-def test_label_smoothing_changes_the_loss_and_the_weights(train_split, test_split, monkeypatch):
-    plain, _, _ = _cnn_steps(train_split, test_split, monkeypatch)
-    again, _, _ = _cnn_steps(train_split, test_split, monkeypatch, label_smoothing=0.0)
-    smoothed, _, _ = _cnn_steps(train_split, test_split, monkeypatch, label_smoothing=0.1)
-    for (k, va), vb in zip(again.model.state_dict().items(), plain.model.state_dict().values(), strict=True):
-        assert torch.equal(va, vb), k  # 0 is the plain one-hot loss, to the bit
-    # Smoothed targets cannot be matched exactly: the training loss stays higher, the weights move elsewhere.
-    assert smoothed.history[-1]["train_loss"] > plain.history[-1]["train_loss"]
-    assert not torch.equal(smoothed.model.state_dict()["0.weight"], plain.model.state_dict()["0.weight"])
-
-
-def test_the_weight_average_is_evaluated_and_returned_and_training_is_unchanged(
-    train_split, test_split, monkeypatch
-):
-    plain, _, _ = _cnn_steps(train_split, test_split, monkeypatch)
-    decay = 0.6
-    averaged, states, test_subset = _cnn_steps(train_split, test_split, monkeypatch, ema=decay)
-    # The steps themselves are the plain run's; only what is evaluated and kept differs.
-    assert averaged.history[-1]["train_loss"] == plain.history[-1]["train_loss"]
-    assert torch.equal(states[-1]["0.weight"], plain.model.state_dict()["0.weight"])
-    expected = dict(states[0])  # the first step's weights, then an exponential moving average of the rest
-    for state in states[1:]:
-        expected = {k: decay * expected[k] + (1 - decay) * v for k, v in state.items()}
-    got = averaged.model.state_dict()
-    assert len(states) == 4 and "1.running_mean" in got  # BatchNorm's statistics are averaged too
-    for k, v in expected.items():
-        if states[0][k].is_floating_point():  # not the step counts
-            torch.testing.assert_close(got[k], v, msg=k)
-            assert not torch.equal(got[k], states[-1][k]), k
-    assert averaged.final.accuracy == evaluate(averaged.model, test_subset).accuracy
-    assert averaged.final.loss != plain.final.loss
 
 
 def test_onecycle_schedule_warms_up_and_decays_to_zero():
