@@ -48,7 +48,7 @@ EXPORT_MAX_INT8_DROP = 0.003  # int8 may cost 0.3 points of test accuracy agains
 # of accuracy; a broken quantisation flips far more. CUDA: eager convolutions may use TF32.
 # bf16 (eager-bf16, openvino-bf16, against fp32 eager): bfloat16's 8-bit mantissa moves logits by up to 0.19
 # (of up to 37) and flips near-ties: measured on the four zoo checkpoints at 2 threads on the AMD EPYC of
-# docs/recipes.md (AVX-512 BF16), at most 6 of 10,000 (mlp in eager; OpenVINO 3; lenet and cnn 0-1), and test
+# docs/recipes.md (AVX-512 BF16), at most 6 of 10,000 (mlp in eager; docs/benchmarks.md has each), and test
 # accuracy within 0.03 points of fp32, so the accuracy floor is fp32's. 0.998 is three times that worst case,
 # for other CPUs' bf16 kernels (AMX sums in another order); a broken bf16 path flips far more.
 BENCH_AGREEMENT_FLOOR = {"fp32": 0.999, "int8": 0.98, "bf16": 0.998}
