@@ -141,7 +141,7 @@ def header(machine: dict, rows: list[dict]) -> str:
 
 
 def accuracy_table(rows: list[dict]) -> Table | None:
-    acc = matching(rows, kind="accuracy")
+    acc = [r for r in matching(rows, kind="accuracy") if precision(r["runtime"]) != "bf16"]
     if not acc:
         return None
     runtimes = in_order(r["runtime"] for r in acc)
@@ -167,6 +167,32 @@ def accuracy_table(rows: list[dict]) -> Table | None:
     t.caption = (
         "agree min: the least share of predictions equal to eager's; Δ logits: largest difference, fp32"
     )
+    return t
+
+
+def bf16_accuracy_table(rows: list[dict]) -> Table | None:
+    """The bf16 runtimes' rows (--bench-precision bf16), a row each: beside the fp32 ones they would not fit 100
+    columns."""
+    acc = [r for r in matching(rows, kind="accuracy") if precision(r["runtime"]) == "bf16"]
+    if not acc:
+        return None
+    cols = ("model", "runtime", "accuracy", "floor", "agree", "agree floor", "Δ logits")
+    t = table("Test accuracy in bf16, against fp32 PyTorch eager", *cols, right=cols[2:])
+    for r in acc:
+
+        def judged(value: float, floor: float) -> str:
+            return fmt_pct(value) if value >= floor else f"[red]{fmt_pct(value)}[/]"
+
+        t.add_row(
+            r["model"] if r["device"] == "cpu" else f"{r['model']} ({r['device']})",
+            label(r["runtime"]),
+            judged(r["accuracy"], r["floor"]),
+            fmt_pct(r["floor"], 1),
+            judged(r["agreement"], r["agreement_floor"]),
+            fmt_pct(r["agreement_floor"]),
+            f"{r['max_abs_logit_diff']:.2g}",
+        )
+    t.caption = "agree: predictions equal to fp32 eager's; Δ logits: the largest difference (not judged)"
     return t
 
 
@@ -449,6 +475,7 @@ def render(doc: dict, file: TextIO, width: int | None = None, color: bool = Fals
     goals, notes = targets_table(rows)
     summary = [
         accuracy_table(rows),
+        bf16_accuracy_table(rows),
         training_table(rows),
         accuracy_time_table(rows),
         scaling_table(rows),
@@ -459,7 +486,7 @@ def render(doc: dict, file: TextIO, width: int | None = None, color: bool = Fals
             console.print(t)
     for line in notes:
         console.print(line, soft_wrap=False)
-    if any(t is not None for t in summary[1:4]):
+    if any(t is not None for t in summary[2:5]):
         console.print(LEGEND, style="dim")
     for t in [deployment_table(rows), threads_table(rows), *inference_tables(rows)]:
         if t is not None:

@@ -1,13 +1,16 @@
 """Accuracy benchmarks: every trained model in every runtime on the 10,000 real test images, against PyTorch.
 
     pytest bench/test_accuracy.py --benchmark-only
+    pytest bench/test_accuracy.py --benchmark-only --bench-precision fp32,bf16   # and the bf16 runtimes' rows
 
 Per row (extra_info kind "accuracy"): test accuracy, agreement with PyTorch eager (share of identical
 predicted digits), the largest logit difference, and the seconds to run the test set at batch 1000 (the
 benchmark's time).
 A row fails when its accuracy is under the model's floor or when an export stops agreeing with PyTorch (its
 share of identical predictions, and for fp32 its largest logit difference); the floors are the BENCH_* ones in
-mnist_zoo/targets.py.
+mnist_zoo/targets.py. With --bench-precision bf16, PyTorch eager under autocast and OpenVINO with its bf16 hint
+(eager-bf16, openvino-bf16) get rows of their own, held to the bf16 agreement floor against fp32 eager; the other
+runtimes' bf16 rows are skipped with the reason (bench/runtimes.py, NO_BF16).
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.runtimes import Unavailable, build, runtime_names, unavailable
+from bench.runtimes import BF16, Unavailable, bf16_unavailable, build, runtime_names, unavailable
 from mnist_zoo.cpu import Contention
 from mnist_zoo.data import normalize
 from mnist_zoo.models import list_models
-from mnist_zoo.targets import BENCH_AGREEMENT_FLOOR, BENCH_LOGIT_ATOL, accuracy_floor, precision
+from mnist_zoo.targets import BENCH_AGREEMENT_FLOOR, BENCH_LOGIT_ATOL, accuracy_floor
+from mnist_zoo.targets import precision as runtime_precision
 
 EVAL_BATCH = 1000
 ROUNDS = 2  # passes over the test set timed per row (quick: 1)
@@ -62,8 +66,10 @@ def test_accuracy(
     deployment,
     model_name,
     runtime,
+    precision,
 ):
-    reason = unavailable(runtime, torch_device)
+    bf16 = precision == "bf16"
+    reason = bf16_unavailable(runtime, torch_device) if bf16 else unavailable(runtime, torch_device)
     if reason:
         pytest.skip(reason)
     if bench_options.quick and runtime == "compile":
@@ -71,10 +77,13 @@ def test_accuracy(
     threads = max(bench_options.threads)
     model, source = zoo_model(model_name)
     try:
-        predictor = build(runtime, model, torch_device, threads, exports, model_name, batch=EVAL_BATCH)
+        predictor = build(
+            runtime, model, torch_device, threads, exports, model_name, batch=EVAL_BATCH, precision=precision
+        )
         batches = _batches(predictor, test_split)
         predictor.run(batches[0])  # warm-up; torch.compile compiles here and may turn out unavailable
-        costs = deployment(runtime, model, model_name)
+        # Of the fp32 runtime's artifact and start-up: not a bf16 row's (as in test_inference.py)
+        costs = {} if bf16 else deployment(runtime, model, model_name)
     except Unavailable as e:
         pytest.skip(str(e))
     benchmark.group = f"accuracy: seconds to run the {len(test_split):,} test images at batch {EVAL_BATCH}"
@@ -88,12 +97,14 @@ def test_accuracy(
     accuracy = (predictions == labels).float().mean().item()
     agreement = (predictions == reference.argmax(1)).float().mean().item()
     max_diff = (logits - reference).abs().max().item()
-    floor = accuracy_floor(model_name, runtime)
-    agreement_floor = BENCH_AGREEMENT_FLOOR[precision(runtime)]
+    name = BF16[runtime] if bf16 else runtime  # the row's runtime: eager-bf16, openvino-bf16
+    floor = accuracy_floor(model_name, name)
+    agreement_floor = BENCH_AGREEMENT_FLOOR[runtime_precision(name)]
     new_row(
         "accuracy",
         model=model_name,
-        runtime=runtime,
+        runtime=name,
+        precision=runtime_precision(name),
         device=str(torch_device),
         threads=threads,
         batch=EVAL_BATCH,
@@ -111,14 +122,12 @@ def test_accuracy(
     )
     assert logits.shape == (len(labels), 10)
     assert accuracy >= floor, (
-        f"{model_name} in {runtime}: test accuracy {accuracy:.2%} is under its floor {floor:.2%}"
+        f"{model_name} in {name}: test accuracy {accuracy:.2%} is under its floor {floor:.2%}"
     )
     assert agreement >= agreement_floor, (
-        f"{model_name} in {runtime} predicts a different digit than PyTorch for {1 - agreement:.2%} of the "
+        f"{model_name} in {name} predicts a different digit than PyTorch for {1 - agreement:.2%} of the "
         "test set"
     )
-    if precision(runtime) == "fp32":
+    if runtime_precision(name) == "fp32":
         atol = BENCH_LOGIT_ATOL[torch_device.type]
-        assert max_diff <= atol, (
-            f"{model_name} in {runtime}: logits differ from PyTorch by up to {max_diff:.2g}"
-        )
+        assert max_diff <= atol, f"{model_name} in {name}: logits differ from PyTorch by up to {max_diff:.2g}"

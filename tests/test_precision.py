@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 
@@ -133,3 +134,62 @@ def test_lenet_is_set_against_the_peer_at_its_own_precision():
         row("peer", "bf16", model="peer", train_seconds=5.0),
     ]
     assert [r.get("vs_peer") for r in results.derive(rows)[:2]] == [0.8, 1.2]
+
+
+def _accuracy_row(runtime: str, agreement: float) -> dict:
+    from bench import results
+    from mnist_zoo.targets import BENCH_AGREEMENT_FLOOR, accuracy_floor
+    from mnist_zoo.targets import precision as runtime_precision
+
+    fields = {"model": "lenet", "runtime": runtime, "threads": 2, "accuracy": 0.99, "agreement": agreement}
+    fields.update(floor=accuracy_floor("lenet", runtime), max_abs_logit_diff=0.3)
+    fields["agreement_floor"] = BENCH_AGREEMENT_FLOOR[runtime_precision(runtime)]
+    fullname = f"bench/test_accuracy.py::test_accuracy[lenet-{runtime}]"
+    return {"format": results.FORMAT, "kind": "accuracy", "device": "cpu", "fullname": fullname, **fields}
+
+
+def test_bf16_accuracy_rows_have_their_own_floor_check_and_table():
+    pytest.importorskip("pytest_benchmark")
+    from bench import check, report
+    from mnist_zoo.targets import BENCH_AGREEMENT_FLOOR
+    from mnist_zoo.targets import precision as runtime_precision
+
+    names = ("eager", "ort-int8", "eager-bf16", "openvino-bf16")
+    assert [runtime_precision(n) for n in names] == ["fp32", "int8", "bf16", "bf16"]
+    floor = BENCH_AGREEMENT_FLOOR["bf16"]
+    rows = [_accuracy_row("eager", 1.0), _accuracy_row("eager-bf16", floor)]
+    rows.append(_accuracy_row("openvino-bf16", floor - 0.001))
+    checks = {c.name: c.ok for c in check.compare({}, check.metrics(rows))}
+    assert checks["agreement/lenet/eager-bf16"] and not checks["agreement/lenet/openvino-bf16"]
+    assert "logits/lenet/eager-bf16" not in checks  # bf16 logits are ~0.1 apart: no fp32 tolerance for them
+    fp32 = report.accuracy_table(rows)
+    assert [c.header for c in fp32.columns] == ["model", "floor", "eager", "agree min", "Δ logits"]
+    out = io.StringIO()
+    report.render(
+        {"machine_info": {"mnist_zoo": {}}, "benchmarks": [{"extra_info": r} for r in rows]}, out, 100
+    )
+    bf16 = out.getvalue().split("Test accuracy in bf16")[1]
+    assert "PyTorch eager bf16" in bf16 and "OV bf16" in bf16 and "…" not in out.getvalue()
+
+
+def test_bf16_runtimes_agree_with_fp32_eager_or_say_why_not(small_trained, test_split, tmp_path):
+    # The benchmark's bf16 rows on a trained lenet: the same digits as fp32 eager on the test set, within the
+    # floor, from logits that are not fp32's; OpenVINO's is a skip with the reason where its bf16 hint falls back.
+    from bench.artifacts import Exports, Unavailable
+    from bench.runtimes import build
+    from mnist_zoo.data import normalize
+    from mnist_zoo.targets import BENCH_AGREEMENT_FLOOR
+
+    model, x, on = small_trained("lenet")[0].cpu().eval(), normalize(test_split.images), torch.device("cpu")
+    exports = Exports(tmp_path, None)
+    reference = build("eager", model, on, 2, exports, "lenet").logits(x)
+    for runtime in ("eager", "openvino"):
+        try:
+            p = build(runtime, model, on, 2, exports, "lenet", batch=1000, precision="bf16")
+        except Unavailable as e:
+            assert runtime == "openvino" and ("not installed" in str(e) or "not bf16" in str(e)), e
+            continue
+        logits = p.logits(x)
+        agreement = (logits.argmax(1) == reference.argmax(1)).float().mean().item()
+        assert agreement >= BENCH_AGREEMENT_FLOOR["bf16"], f"{runtime} bf16: {agreement:.2%}"
+        assert (logits - reference).abs().max() > 1e-3, f"{runtime} bf16 computed in fp32"
