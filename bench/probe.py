@@ -42,8 +42,10 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8")
 FILES = {"torchscript": "{}.ts.pt", "ort-fp32": "{}.onnx", "ort-int8": "{}.int8.onnx"}
 SEED = 0
-PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 3, 0.03, 0.03, 5
-TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 10, 3  # timed steps per pass, after its warm-up steps
+PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 3, 0.03, 0.03, 10  # batch 1000 (~15 ms a call): 30 calls a process
+# timed steps per pass, after its warm-up steps: lenet's steps wander by 1.5x over a fraction of a second even
+# in CPU time, and its figure's spread between processes fell from about 5% to about 2% from 10 steps to 30
+TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 30, 3
 # The quantile of a process's calls (training: steps) that is its figure. Not the median: another process that
 # takes the CPU for a while lengthens the calls it interrupts, and how many it interrupts changes from one
 # process to the next; the fastest tenth of the calls are those it left alone, and move with the code.

@@ -43,10 +43,10 @@ def fake_probe(monkeypatch):
     """Replace the probe's processes: each call gives every figure with 1% noise, head slowed by `slowdown`;
     the calls are recorded in order (side, injected slowdown)."""
     calls: list[tuple[str, float]] = []
-    setting = {"slowdown": 0.0, "noise": 0.01, "fail_at": None}
+    setting = {"slowdown": 0.0, "noise": 0.01, "fail_at": None, "pinned": []}
     rng = np.random.default_rng(0)
 
-    def probe_(tree, action, *options):
+    def one(tree, options):
         calls.append((tree.side, float(options[options.index("--inject") + 1])))
         if setting["fail_at"] == len(calls):
             raise KeyboardInterrupt
@@ -55,7 +55,11 @@ def fake_probe(monkeypatch):
         for name, (unit, value) in FIGURES.items():
             noisy = value * rng.lognormal(0, setting["noise"])
             figures[name] = {"value": noisy * slower if unit == "s" else noisy / slower, "unit": unit}
-        return {"figures": figures, "threads": 1}, 0.02
+        return {"figures": figures, "threads": 1}
+
+    def probe_(jobs):
+        setting["pinned"].append([cpus for _, _, cpus in jobs])
+        return [one(tree, options) for tree, options, _ in jobs], 0.02
 
     monkeypatch.setattr(against, "probe", probe_)
     monkeypatch.setattr(against, "build", lambda trees: None)
@@ -78,6 +82,19 @@ def test_against_interleaves_and_flags_a_slowdown(fake_probe, tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("| latency/lenet/ort-fp32/b1 |"))
     assert row.endswith("| REGRESSED |") and re.search(r"\| 2\d\.\d µs \| 29\.\d µs \| 0\.8\d\d \|", row), row
     assert "mnist-zoo-against-" not in worktrees()  # the temporary worktree is gone
+
+
+def test_rounds_run_side_by_side_on_swapped_cpus(fake_probe, monkeypatch):
+    calls, setting = fake_probe
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert bench_main(["check", "--against", "HEAD", "--speed-only"]) == 0
+    # each round one pair at once, the first side of the round's order on CPU 0: base, then head, then base
+    assert setting["pinned"] == [[[0], [1]]] * against.MIN_ROUNDS
+    assert [side for side, _ in calls[:4]] == ["base", "head", "head", "base"]
+    setting["pinned"].clear()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # one CPU: one after the other
+    assert bench_main(["check", "--against", "HEAD", "--speed-only"]) == 0
+    assert setting["pinned"] == [[None]] * (2 * against.MIN_ROUNDS)
 
 
 def test_against_itself_passes_and_stops_early(fake_probe, capsys):
