@@ -264,7 +264,8 @@ def mode(threads: int) -> str:
     cpus = side_by_side(threads)
     if cpus is None:
         return "one after the other, the order flipping each round (too few CPUs to run both at once)"
-    return f"side by side, on CPUs {cpus[0]} and {cpus[1]}, swapped each round"
+    base, head = (",".join(map(str, c)) for c in cpus)
+    return f"side by side, on CPUs {base} and {head}, swapped each round"
 
 
 def _summary(result: list[Change]) -> str:
