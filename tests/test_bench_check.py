@@ -203,6 +203,23 @@ def test_inference_rows_at_100_columns_piped(tmp_path):
     assert re.search(r"\d+ µs ±\d+(\.\d)?%", ort) and re.search(r"\d\.\d\dx ±\d+(\.\d)?%", ort), ort
 
 
+def test_progress_estimates_a_file_not_yet_started_from_its_typical_cost():
+    from types import SimpleNamespace
+
+    from bench.progress import TYPICAL_S, Progress
+
+    p, lines = Progress(), []
+    p.reporter = SimpleNamespace(write_line=lines.append)
+    p.files = {"t0": "test_training.py", "t1": "test_training.py"} | {
+        f"i{k}": "test_inference.py" for k in range(10)
+    }
+    p.spent = dict.fromkeys(["t0", "t1"], 2 * TYPICAL_S["test_training.py"])  # this machine: half the pace
+    p.left = {"inference lenet": {f"i{k}" for k in range(10)}}
+    p.say("training lenet")
+    left = 10 * 2 * TYPICAL_S["test_inference.py"]  # not 10 training rows' worth
+    assert lines == [f"[bench] training lenet done; 2 of 12 benchmarks in 0 s, about {left:.0f} s left"]
+
+
 def test_threads_png_only_from_a_sweep(tmp_path):
     pytest.importorskip("matplotlib")
     from test_bench import (
