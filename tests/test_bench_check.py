@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -158,9 +157,10 @@ def test_changes_name_missing_and_new_figures():
     assert [c.name for c in against.failed(list(found.values()))] == ["b"]
 
 
-def test_probe_injection_lengthens_each_call_by_its_fraction():
-    def work():  # about 200 µs of computation
-        end = time.perf_counter() + 2e-4
+@pytest.mark.parametrize("seconds", [2e-4, 5e-6])  # a cnn call, and one as short as mlp's in ORT
+def test_probe_injection_lengthens_each_call_by_its_fraction(seconds):
+    def work():
+        end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             pass
 
@@ -168,7 +168,8 @@ def test_probe_injection_lengthens_each_call_by_its_fraction():
     for _ in range(5):  # interleaved, so that a busy moment hits both alike
         probe._calls(work, 0.02, 0.0, plain)
         probe._calls(work, 0.02, 0.10, slowed)
-    assert statistics.median(slowed) / statistics.median(plain) == pytest.approx(1.10, abs=0.03)
+    q10 = [sorted(t)[len(t) // 10] for t in (plain, slowed)]  # the probe's figure: the fastest tenth
+    assert q10[1] / q10[0] == pytest.approx(1.10, abs=0.02)
 
 
 def test_pytest_benchmark_columns_are_narrowed_on_4x_and_5x():
