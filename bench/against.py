@@ -142,7 +142,14 @@ def probe(jobs: list[tuple[Tree, list[str], list[int] | None]]) -> tuple[list[di
             )
             stack.callback(_end, proc)
             running.append((tree, proc))
-        outputs = [(tree, proc, *proc.communicate(timeout=PROBE_TIMEOUT_S)) for tree, proc in running]
+        outputs = []
+        for tree, proc in running:
+            try:
+                outputs.append((tree, proc, *proc.communicate(timeout=PROBE_TIMEOUT_S)))
+            except subprocess.TimeoutExpired:
+                raise UserError(
+                    f"the probe on {tree.side} ({tree.label}) ran over {PROBE_TIMEOUT_S} s (machine overloaded?)"
+                ) from None
     found = []
     for tree, proc, stdout, stderr in outputs:
         if proc.returncode != 0:
