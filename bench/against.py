@@ -6,8 +6,12 @@
 REF is checked out into a temporary git worktree (removed afterwards, also on Ctrl-C, SIGTERM or an error).
 Each tree's artifacts (ONNX, int8, TorchScript) are made once, by that tree's own exporters, then rounds of
 fresh processes measure every watched figure of one tree each (bench/probe.py: always head's copy, with the
-tree under test on PYTHONPATH), the two trees alternating base, head, head, base, base, head ... (each pair's
-order flips, so that a machine that speeds up or slows down across a pair favours neither side). Per figure,
+tree under test on PYTHONPATH). A round runs base and head side by side, each pinned to its own CPUs (with
+--threads 1, one CPU each), swapping the CPUs every round: both see the same moment of the machine, so that
+what slows the whole machine for a while (another guest of the host, its memory bandwidth, its clock) slows
+both sides of that round's pair; measured on a 2-core VM, the spread of a pair's ratio fell from about 3.7% run
+one after the other to about 2% side by side (docs/regression-check.md). With fewer than twice --threads CPUs,
+the two run one after the other instead, the order flipping each round (base, head, head, base ...). Per figure,
 each round gives one pair and the change head/base of its speed (above 1: head is faster); the change is the
 median over the pairs and its 95% interval is taken over them (order statistics, bench/stats.py).
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -36,6 +41,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import PIPE
 
 from bench import stats
 from mnist_zoo.cpu import Contention
@@ -44,7 +50,7 @@ from mnist_zoo.util import UserError, out
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("probe.py")
-MIN_ROUNDS, MAX_ROUNDS = 6, 16  # pairs: 6 give a 97% interval (the extremes), 9 the 2nd and 8th of 9
+MIN_ROUNDS, MAX_ROUNDS = 6, 24  # pairs: 6 give a 97% interval (the extremes), 9 the 2nd and 8th of 9
 ROUNDS_CAP_S = 200  # no new round starts after this many seconds of rounds, once MIN_ROUNDS are done
 PROBE_TIMEOUT_S = 300
 
@@ -122,21 +128,44 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def probe(tree: Tree, action: str, *options: str) -> tuple[dict, float]:
-    """Run head's probe in a fresh process on `tree`: (its JSON, other processes' share of the CPUs)."""
-    env = {**os.environ, "PYTHONPATH": str(tree.path)}
-    cmd = [sys.executable, str(PROBE), action, str(tree.artifacts), *options]
-    with Contention() as busy:
-        done = subprocess.run(
-            cmd, cwd=tree.path, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
-        )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise UserError(f"the probe failed on {tree.side} ({tree.label}) in {action}: {last}")
-    try:
-        return json.loads(done.stdout.strip().splitlines()[-1]), busy.share or 0.0
-    except (IndexError, ValueError):  # no output, or a last line that is not its JSON
-        raise UserError(f"the probe on {tree.side} ({tree.label}) in {action} printed no result") from None
+def probe(jobs: list[tuple[Tree, list[str], list[int] | None]]) -> tuple[list[dict], float]:
+    """Run head's probe on each job's tree, all at once, each pinned to its CPUs (None: not pinned), in fresh
+    processes: (their JSON, in order; other processes' share of the CPUs meanwhile)."""
+    with Contention() as busy, contextlib.ExitStack() as stack:  # ExitStack: no probe outlives an error
+        running = []
+        for tree, options, cpus in jobs:
+            env = {**os.environ, "PYTHONPATH": str(tree.path)}
+            cmd = [sys.executable, str(PROBE), "measure", str(tree.artifacts), *options]
+            pin = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
+            proc = subprocess.Popen(
+                cmd, cwd=tree.path, env=env, stdout=PIPE, stderr=PIPE, text=True, preexec_fn=pin
+            )
+            stack.callback(_end, proc)
+            running.append((tree, proc))
+        outputs = []
+        for tree, proc in running:
+            try:
+                outputs.append((tree, proc, *proc.communicate(timeout=PROBE_TIMEOUT_S)))
+            except subprocess.TimeoutExpired:
+                raise UserError(
+                    f"the probe on {tree.side} ({tree.label}) ran over {PROBE_TIMEOUT_S} s (machine overloaded?)"
+                ) from None
+    found = []
+    for tree, proc, stdout, stderr in outputs:
+        if proc.returncode != 0:
+            last = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            raise UserError(f"the probe failed on {tree.side} ({tree.label}): {last}")
+        try:
+            found.append(json.loads(stdout.strip().splitlines()[-1]))
+        except (IndexError, ValueError):  # no output, or a last line that is not its JSON
+            raise UserError(f"the probe on {tree.side} ({tree.label}) printed no result") from None
+    return found, busy.share or 0.0
+
+
+def side_by_side(threads: int) -> tuple[list[int], list[int]] | None:
+    """CPUs for base and head to run at the same time, `threads` each, or None when there are too few."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return (cpus[:threads], cpus[threads : 2 * threads]) if len(cpus) >= 2 * threads else None
 
 
 def build(trees: list[Tree]) -> None:
@@ -204,13 +233,21 @@ def rounds(
     """Interleaved rounds until every figure is decided (or the limits): the changes and how it went."""
     least, most, cap = limits
     start, shares = time.monotonic(), []
+    cpus = side_by_side(threads)
     done = 0
     for i in range(most):
         order = (base, head) if i % 2 == 0 else (head, base)
-        for tree in order:
-            options = ["--threads", str(threads), "--inject", str(inject.get(tree.side, 0.0))]
-            found, share = probe(tree, "measure", *options)
+        jobs = [(t, ["--threads", str(threads), "--inject", str(inject.get(t.side, 0.0))]) for t in order]
+        if cpus:  # both at once, swapping CPUs each round: the first of `order` gets the first CPUs
+            results, share = probe([(t, o, c) for (t, o), c in zip(jobs, cpus, strict=True)])
             shares.append(share)
+        else:  # one after the other, the order flipping each round
+            results = []
+            for t, o in jobs:
+                (result,), share = probe([(t, o, None)])
+                results.append(result)
+                shares.append(share)
+        for tree, found in zip(order, results, strict=True):
             for name, figure in found["figures"].items():
                 if "error" in figure:
                     tree.errors[name] = figure["error"]
@@ -224,8 +261,18 @@ def rounds(
         if time.monotonic() - start > cap and done >= least:  # never without an interval
             break
     how = {"rounds": done, "seconds": time.monotonic() - start, "threads": threads}
+    how["side_by_side"] = cpus
     how["contention"] = [min(shares), max(shares)] if shares else None
     return changes(base, head, threshold), how
+
+
+def mode(threads: int) -> str:
+    """How the rounds run base and head, in words."""
+    cpus = side_by_side(threads)
+    if cpus is None:
+        return "one after the other, the order flipping each round (too few CPUs to run both at once)"
+    base, head = (",".join(map(str, c)) for c in cpus)
+    return f"side by side, on CPUs {base} and {head}, swapped each round"
 
 
 def _summary(result: list[Change]) -> str:
@@ -295,7 +342,7 @@ def run(args: argparse.Namespace) -> tuple[list[Change], dict, Tree, Tree]:
             out.print(f"building the exports of base ({base.label}) and head ({head.label})", highlight=False)
             build([base, head])
             out.print(
-                f"built in {time.monotonic() - t0:.0f} s; measuring, base and head alternating",
+                f"built in {time.monotonic() - t0:.0f} s; measuring base and head {mode(args.threads)}",
                 highlight=False,
             )
             limits = (args.min_rounds, args.max_rounds, args.rounds_cap)

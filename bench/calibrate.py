@@ -205,6 +205,7 @@ def calibrate(args: argparse.Namespace) -> int:
                         "rounds": how["rounds"],
                         "seconds": time.monotonic() - t0,
                         "contention": how["contention"],
+                        "side_by_side": how["side_by_side"],
                     }
                 )
                 flagged = [c.name for c in result if c.verdict == stats.REGRESSED]

@@ -42,8 +42,10 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8")
 FILES = {"torchscript": "{}.ts.pt", "ort-fp32": "{}.onnx", "ort-int8": "{}.int8.onnx"}
 SEED = 0
-PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 3, 0.03, 0.03, 5
-TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 10, 3  # timed steps per pass, after its warm-up steps
+PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 3, 0.03, 0.03, 10  # batch 1000 (~15 ms a call): 30 calls a process
+# timed steps per pass, after its warm-up steps: lenet's steps wander by 1.5x over a fraction of a second even
+# in CPU time, and its figure's spread between processes fell from about 5% to about 2% from 10 steps to 30
+TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 30, 3
 # The quantile of a process's calls (training: steps) that is its figure. Not the median: another process that
 # takes the CPU for a while lengthens the calls it interrupts, and how many it interrupts changes from one
 # process to the next; the fastest tenth of the calls are those it left alone, and move with the code.
@@ -129,20 +131,31 @@ CLOCK = {"clock": time.thread_time}
 
 
 def _spin(seconds: float) -> None:
-    clock = CLOCK["clock"]
-    end = clock() + seconds
-    while clock() < end:
+    """Busy-wait `seconds` on the wall clock: a read of it takes ~30 ns, where the thread's CPU clock is a system
+    call of ~0.5 µs, in whose steps a spin of 1 µs (10% of a 10 µs call) fell short or overshot by half its
+    length: a 10% slowdown showed as 4-6% in the fastest calls. Over a few µs the CPU is not taken away."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
         pass
+
+
+def _read_cost() -> float:
+    """Seconds between two back-to-back reads of CLOCK (the median of 1,000): a recorded time holds one more
+    read than t1 - t0 does, which the injected spin must lengthen too."""
+    clock = CLOCK["clock"]
+    gaps = sorted(-clock() + clock() for _ in range(1000))
+    return gaps[len(gaps) // 2]
 
 
 def _calls(fn, seconds: float, inject: float, times: list[float]) -> None:
     """Call fn for `seconds` (at least MIN_CALLS times), appending each call's time (lengthened by `inject`)."""
     clock, start, n = CLOCK["clock"], time.perf_counter(), 0
+    read = _read_cost() if inject else 0.0
     while n < MIN_CALLS or time.perf_counter() - start < seconds:
         t0 = clock()
         fn()
         t1 = clock()
-        _spin((t1 - t0) * inject)  # a no-op at 0, on both sides alike
+        _spin((t1 - t0 + read) * inject)  # a no-op at 0, on both sides alike
         times.append(clock() - t0)
         n += 1
 

@@ -4,7 +4,9 @@
 
 pytest's own dots say nothing about time, and a benchmark run is minutes of them. A group is a benchmark file
 and model (bench/test_inference.py's lenet rows: "inference lenet"). What is left is estimated from the mean
-time (setup, call and teardown) of the finished benchmarks of each file, applied to those still to run.
+time (setup, call and teardown) of the finished benchmarks of each file, applied to those still to run; a file
+none of whose benchmarks has finished gets its TYPICAL_S, scaled by how this run's finished files compare with
+theirs (a training row costs five times an inference row: one mean for all said 46 min for a 17-min run).
 bench/conftest.py registers this plugin for `--benchmark-only` runs whose stdout is not a terminal.
 """
 
@@ -24,6 +26,17 @@ def group_of(item: pytest.Item) -> str:
 
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+# Seconds per benchmark of each file in a full run on 2 cores (AMD EPYC VM, 2026-12): only their proportions
+# matter, since the run's own pace scales them.
+TYPICAL_S = {
+    "test_training.py": 11.4,
+    "test_accuracy.py": 6.4,
+    "test_inference.py": 2.3,
+    "test_scaling.py": 10.0,
+    "test_web.py": 5.0,
+}
 
 
 class Progress:
@@ -57,11 +70,16 @@ class Progress:
 
     def say(self, group: str) -> None:
         waiting = [n for ids in self.left.values() for n in ids]
-        overall = sum(self.spent.values()) / len(self.spent)
+        typical = sum(TYPICAL_S.get(self.files[n], 0.0) for n in self.spent)
+        pace = sum(self.spent.values()) / typical if typical else None  # this run against TYPICAL_S
 
         def mean(file: str) -> float:
             done = [t for n, t in self.spent.items() if self.files[n] == file]
-            return sum(done) / len(done) if done else overall
+            if done:
+                return sum(done) / len(done)
+            if pace is not None and file in TYPICAL_S:
+                return TYPICAL_S[file] * pace
+            return sum(self.spent.values()) / len(self.spent)
 
         elapsed = minutes(time.monotonic() - self.start)
         line = f"[bench] {group} done; {len(self.spent)} of {len(self.files)} benchmarks in {elapsed}"
