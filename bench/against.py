@@ -9,8 +9,8 @@ fresh processes measure every watched figure of one tree each (bench/probe.py: a
 tree under test on PYTHONPATH). A round runs base and head side by side, each pinned to its own CPUs (with
 --threads 1, one CPU each), swapping the CPUs every round: both see the same moment of the machine, so that
 what slows the whole machine for a while (another guest of the host, its memory bandwidth, its clock) slows
-both sides of that round's pair; measured on a 2-core VM, the spread of a pair's ratio fell from about 3.7% run
-one after the other to about 2% side by side (docs/regression-check.md). With fewer than twice --threads CPUs,
+both sides of that round's pair; measured on a 2-core VM, the spread of a pair's ratio fell from about 3.8% run
+one after the other to about 2.3% side by side (docs/regression-check.md). With fewer than twice --threads CPUs,
 the two run one after the other instead, the order flipping each round (base, head, head, base ...). Per figure,
 each round gives one pair and the change head/base of its speed (above 1: head is faster); the change is the
 median over the pairs and its 95% interval is taken over them (order statistics, bench/stats.py).

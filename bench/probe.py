@@ -30,6 +30,7 @@ of one side, to measure the check's power (bench/calibrate.py). Never used other
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -139,9 +140,10 @@ def _spin(seconds: float) -> None:
         pass
 
 
+@functools.cache
 def _read_cost() -> float:
-    """Seconds between two back-to-back reads of CLOCK (the median of 1,000): a recorded time holds one more
-    read than t1 - t0 does, which the injected spin must lengthen too."""
+    """Seconds between two back-to-back reads of CLOCK (the median of 1,000, once a process): a recorded time
+    holds one more read than t1 - t0 does, which the injected spin must lengthen too."""
     clock = CLOCK["clock"]
     gaps = sorted(-clock() + clock() for _ in range(1000))
     return gaps[len(gaps) // 2]
