@@ -273,7 +273,7 @@ def rounds(
     while pairs < most:
         jobs = []
         for lane in cpus[: most - pairs]:
-            # which side goes first alternates from pair to pair: the first of each turn has the CPU's caches
+            # which side goes first alternates from pair to pair, so that a first-mover effect cancels
             order = (base, head) if (pairs + len(jobs)) % 2 == 0 else (head, base)
             options = [
                 [*("--threads", str(threads)), "--inject", str(inject.get(t.side, 0.0))] for t in order

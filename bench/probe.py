@@ -17,7 +17,8 @@ on their values, and reading MNIST in every process would cost more than a round
                                 and ORT int8 (the p50 is recorded beside it)
   latency/lenet/ort-fp32/b1000  the same at batch 1000
   training/lenet                images/s of the default recipe at the QUANTILE of its step times: a short
-                                training run in each pass, TRAIN_STEPS steps timed after WARM_STEPS
+                                training run every TRAIN_EVERY passes, TRAIN_STEPS steps timed after WARM_STEPS
+Each figure also lists "slices": the QUANTILE of each slice (training: each step's images/s), in order.
 Each figure is measured in PASSES passes over all of them, SLICE_S of calls each (at least MIN_CALLS) after a
 warm-up: its calls are spread over the process's life, so that a quiet moment of the machine reaches each
 figure. At 1 thread the calls are timed on the thread's CPU clock (CLOCK says why), at more on the wall clock.
