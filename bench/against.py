@@ -6,17 +6,17 @@
 REF is checked out into a temporary git worktree (removed afterwards, also on Ctrl-C, SIGTERM or an error).
 Each tree's artifacts (ONNX, int8, TorchScript) are made once, by that tree's own exporters, then rounds of
 fresh processes measure every watched figure of one tree each (bench/probe.py: always head's copy, with the
-tree under test on PYTHONPATH). A round runs base and head side by side, each pinned to its own CPUs (with
---threads 1, one CPU each), swapping the CPUs every round: both see the same moment of the machine, so that
-what slows the whole machine for a while (another guest of the host, its memory bandwidth, its clock) slows
-both sides of that round's pair; measured on a 2-core VM, the spread of a pair's ratio fell from about 3.8% run
-one after the other to about 2.3% side by side (docs/regression-check.md). With fewer than twice --threads CPUs,
-the two run one after the other instead, the order flipping each round (base, head, head, base ...). Per figure,
-each round gives one pair and the change head/base of its speed (above 1: head is faster); the change is the
-median over the pairs and its 95% interval is taken over them (order statistics, bench/stats.py).
+tree under test on PYTHONPATH). A pair is one base and one head process pinned to the same CPUs (--threads of
+them), taking turns slice by slice: what slows that CPU for a while (on a shared host, mostly another guest on
+the core's other hyperthread: about 1.5x, for tens of milliseconds to seconds) slows both sides of a slice pair
+alike. A round runs as many pairs at once as the CPUs hold, each on its own CPUs (at most MAX_LANES), and which
+side goes first alternates. A pair's change head/base of a speed (above 1: head is faster) is the median over
+its slice pairs; a figure's change is the median over the pairs and its 95% interval is taken over them (order
+statistics, bench/stats.py). On a 2-core VM this cut the figure-pairs more than 5% off from about
+a quarter (base and head at the same time on two CPUs) to about 1 in 20 (docs/regression-check.md).
 
 A figure regressed when its whole interval lies below 1 - threshold (CHECK_THRESHOLD, 5%). Rounds go on,
-from MIN_ROUNDS to MAX_ROUNDS or ROUNDS_CAP_S, while any figure's interval holds 1 - threshold (stats.OPEN:
+from MIN_PAIRS to MAX_PAIRS or ROUNDS_CAP_S, while any figure's interval holds 1 - threshold (stats.OPEN:
 undecided, or slower without being surely beyond the threshold); at the end, an interval that still holds both
 1 and 1 - threshold is undecided, and only that gives exit 75 ("machine busy"): load alone does not, since
 both sides of every pair saw it. Accuracy and agreement floors are judged as without --against, from a
@@ -50,8 +50,9 @@ from mnist_zoo.util import UserError, out
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("probe.py")
-MIN_ROUNDS, MAX_ROUNDS = 6, 24  # pairs: 6 give a 97% interval (the extremes), 9 the 2nd and 8th of 9
-ROUNDS_CAP_S = 200  # no new round starts after this many seconds of rounds, once MIN_ROUNDS are done
+MIN_PAIRS, MAX_PAIRS = 6, 24  # 6 pairs give a 97% interval (the extremes), 9 the 2nd and 8th of 9
+ROUNDS_CAP_S = 200  # no new round starts after this many seconds of rounds, once MIN_PAIRS are done
+MAX_LANES = 4  # pairs measured at once, each on its own CPUs
 PROBE_TIMEOUT_S = 300
 
 
@@ -61,8 +62,19 @@ class Tree:
     path: Path
     label: str  # the ref and commit, as the output names it
     artifacts: Path = Path()
-    values: dict[str, list[float | None]] = field(default_factory=dict)  # figure -> one value per round
+    values: dict[str, list[float | None]] = field(default_factory=dict)  # figure -> one value per pair
+    slices: dict[str, list[list[float] | None]] = field(default_factory=dict)  # figure -> its slices per pair
     errors: dict[str, str] = field(default_factory=dict)
+
+    def record(self, figures: dict[str, dict], pair: int) -> None:
+        """Pair number `pair`'s figures: a value and the slices of each (None where the figure failed)."""
+        for name, figure in figures.items():
+            if "error" in figure:
+                self.errors[name] = figure["error"]
+            for series, value in ((self.values, figure.get("value")), (self.slices, figure.get("slices"))):
+                kept = series.setdefault(name, [])
+                kept += [None] * (pair - len(kept))  # earlier pairs that lacked the figure
+                kept.append(value)
 
 
 @dataclass
@@ -128,20 +140,38 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def probe(jobs: list[tuple[Tree, list[str], list[int] | None]]) -> tuple[list[dict], float]:
-    """Run head's probe on each job's tree, all at once, each pinned to its CPUs (None: not pinned), in fresh
-    processes: (their JSON, in order; other processes' share of the CPUs meanwhile)."""
+def probe(
+    pairs: list[tuple[list[tuple[Tree, list[str]]], list[int] | None]],
+) -> tuple[list[list[dict]], float]:
+    """Run head's probe on each pair's two trees, all pairs at once, the two of a pair taking turns on the
+    pair's CPUs (None: not pinned), in fresh processes: (their JSON, pair by pair, in order; other processes'
+    share of the CPUs meanwhile)."""
     with Contention() as busy, contextlib.ExitStack() as stack:  # ExitStack: no probe outlives an error
         running = []
-        for tree, options, cpus in jobs:
-            env = {**os.environ, "PYTHONPATH": str(tree.path)}
-            cmd = [sys.executable, str(PROBE), "measure", str(tree.artifacts), *options]
-            pin = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
-            proc = subprocess.Popen(
-                cmd, cwd=tree.path, env=env, stdout=PIPE, stderr=PIPE, text=True, preexec_fn=pin
-            )
-            stack.callback(_end, proc)
-            running.append((tree, proc))
+        for sides, cpus in pairs:
+            to_first, to_second = os.pipe(), os.pipe()  # each (read end, write end)
+            ends = [(to_first[0], to_second[1], "first"), (to_second[0], to_first[1], "second")]
+            try:
+                for (tree, options), (inbox, outbox, order) in zip(sides, ends, strict=True):
+                    env = {**os.environ, "PYTHONPATH": str(tree.path)}
+                    turns = ["--turns", str(inbox), str(outbox), order]
+                    cmd = [sys.executable, str(PROBE), "measure", str(tree.artifacts), *options, *turns]
+                    pin = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
+                    proc = subprocess.Popen(
+                        cmd,
+                        cwd=tree.path,
+                        env=env,
+                        stdout=PIPE,
+                        stderr=PIPE,
+                        text=True,
+                        preexec_fn=pin,
+                        pass_fds=(inbox, outbox),
+                    )
+                    stack.callback(_end, proc)
+                    running.append((tree, proc))
+            finally:  # only the pair holds its pipes: when one of them ends, the other stops waiting for it
+                for fd in (*to_first, *to_second):
+                    os.close(fd)
         outputs = []
         for tree, proc in running:
             try:
@@ -159,13 +189,15 @@ def probe(jobs: list[tuple[Tree, list[str], list[int] | None]]) -> tuple[list[di
             found.append(json.loads(stdout.strip().splitlines()[-1]))
         except (IndexError, ValueError):  # no output, or a last line that is not its JSON
             raise UserError(f"the probe on {tree.side} ({tree.label}) printed no result") from None
-    return found, busy.share or 0.0
+    return [found[i : i + 2] for i in range(0, len(found), 2)], busy.share or 0.0
 
 
-def side_by_side(threads: int) -> tuple[list[int], list[int]] | None:
-    """CPUs for base and head to run at the same time, `threads` each, or None when there are too few."""
+def lanes(threads: int) -> list[list[int] | None]:
+    """The CPUs of each pair of a round, `threads` each, as many pairs as the CPUs hold (at most MAX_LANES);
+    one pair, not pinned, where there are fewer than `threads`."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    return (cpus[:threads], cpus[threads : 2 * threads]) if len(cpus) >= 2 * threads else None
+    n = min(len(cpus) // threads, MAX_LANES)
+    return [cpus[i * threads : (i + 1) * threads] for i in range(n)] or [None]
 
 
 def build(trees: list[Tree]) -> None:
@@ -192,8 +224,14 @@ def _end(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def pair_change(base: list[float], head: list[float], unit: str) -> float:
+    """One pair's change head/base of a speed: the median over its slices, each head's slice against base's
+    slice taken just before or after it on the same CPU (base time / head time, or head rate / base rate)."""
+    return statistics.median(x / y if unit == "s" else y / x for x, y in zip(base, head, strict=False))
+
+
 def changes(base: Tree, head: Tree, threshold: float) -> list[Change]:
-    """Every watched figure's change head/base over the rounds' pairs, with its interval and verdict."""
+    """Every watched figure's change head/base over the pairs, with its interval and verdict."""
     found = []
     for name in sorted(set(base.values) | set(head.values) | set(base.errors) | set(head.errors)):
         unit = "images/s" if name.startswith("training/") else "s"
@@ -206,9 +244,8 @@ def changes(base: Tree, head: Tree, threshold: float) -> list[Change]:
             why = base.errors.get(name, "not measured")
             found.append(Change(name, unit, None, _median(h), None, None, "new", 0, f"base: {why}"))
             continue
-        pairs = [(x, y) for x, y in zip(b, h, strict=False) if x and y]
-        # the change of a speed: base time / head time, or head rate / base rate
-        ratios = [x / y if unit == "s" else y / x for x, y in pairs]
+        pairs = zip(base.slices.get(name, []), head.slices.get(name, []), strict=False)
+        ratios = [pair_change(x, y, unit) for x, y in pairs if x and y]
         ci = stats.ratio_ci(ratios)
         change = _median(ratios)
         found.append(
@@ -218,7 +255,7 @@ def changes(base: Tree, head: Tree, threshold: float) -> list[Change]:
 
 
 def _median(values: list) -> float | None:
-    kept = [v for v in values if v]  # a round that failed left a None
+    kept = [v for v in values if v]  # a pair that failed left a None
     return statistics.median(kept) if kept else None
 
 
@@ -230,49 +267,44 @@ def rounds(
     inject: dict[str, float],
     limits: tuple[int, int, float],
 ) -> tuple[list[Change], dict]:
-    """Interleaved rounds until every figure is decided (or the limits): the changes and how it went."""
+    """Rounds of pairs until every figure is decided (or the limits): the changes and how it went."""
     least, most, cap = limits
-    start, shares = time.monotonic(), []
-    cpus = side_by_side(threads)
-    done = 0
-    for i in range(most):
-        order = (base, head) if i % 2 == 0 else (head, base)
-        jobs = [(t, ["--threads", str(threads), "--inject", str(inject.get(t.side, 0.0))]) for t in order]
-        if cpus:  # both at once, swapping CPUs each round: the first of `order` gets the first CPUs
-            results, share = probe([(t, o, c) for (t, o), c in zip(jobs, cpus, strict=True)])
-            shares.append(share)
-        else:  # one after the other, the order flipping each round
-            results = []
-            for t, o in jobs:
-                (result,), share = probe([(t, o, None)])
-                results.append(result)
-                shares.append(share)
-        for tree, found in zip(order, results, strict=True):
-            for name, figure in found["figures"].items():
-                if "error" in figure:
-                    tree.errors[name] = figure["error"]
-                # one entry per round (None for a failed one), so that base's and head's rounds pair up
-                tree.values.setdefault(name, [None] * i).append(figure.get("value"))
-        done = i + 1
+    start, shares, cpus, pairs, done = time.monotonic(), [], lanes(threads), 0, 0
+    while pairs < most:
+        jobs = []
+        for lane in cpus[: most - pairs]:
+            # which side goes first alternates from pair to pair, so that a first-mover effect cancels
+            order = (base, head) if (pairs + len(jobs)) % 2 == 0 else (head, base)
+            options = [
+                [*("--threads", str(threads)), "--inject", str(inject.get(t.side, 0.0))] for t in order
+            ]
+            jobs.append((list(zip(order, options, strict=True)), lane))
+        results, share = probe(jobs)
+        shares.append(share)
+        for (sides, _), found in zip(jobs, results, strict=True):
+            for (tree, _), result in zip(sides, found, strict=True):
+                tree.record(result["figures"], pairs)
+            pairs += 1
+        done += 1
         result = changes(base, head, threshold)
-        out.print(f"round {done}: {_summary(result)}", highlight=False)
-        if done >= least and not any(c.verdict in stats.OPEN for c in result):
+        out.print(f"round {done}: {pairs} pairs: {_summary(result)}", highlight=False)
+        if pairs >= least and not any(c.verdict in stats.OPEN for c in result):
             break
-        if time.monotonic() - start > cap and done >= least:  # never without an interval
+        if time.monotonic() - start > cap and pairs >= least:  # never without an interval
             break
-    how = {"rounds": done, "seconds": time.monotonic() - start, "threads": threads}
-    how["side_by_side"] = cpus
+    how = {"rounds": done, "pairs": pairs, "seconds": time.monotonic() - start, "threads": threads}
+    how["lanes"] = cpus
     how["contention"] = [min(shares), max(shares)] if shares else None
     return changes(base, head, threshold), how
 
 
 def mode(threads: int) -> str:
     """How the rounds run base and head, in words."""
-    cpus = side_by_side(threads)
-    if cpus is None:
-        return "one after the other, the order flipping each round (too few CPUs to run both at once)"
-    base, head = (",".join(map(str, c)) for c in cpus)
-    return f"side by side, on CPUs {base} and {head}, swapped each round"
+    cpus = lanes(threads)
+    if cpus == [None]:
+        return "taking turns, one pair at a time (fewer CPUs than --threads: not pinned)"
+    where = " and ".join(",".join(map(str, c)) for c in cpus if c is not None)
+    return f"taking turns on the same CPUs, {len(cpus)} pair(s) at once (CPUs {where})"
 
 
 def _summary(result: list[Change]) -> str:
@@ -310,8 +342,8 @@ def markdown(result: list[Change], how: dict, base: Tree, head: Tree, floors: st
     lines = [
         f"### mnist-zoo benchmark check: {verdict}",
         "",
-        f"head `{head.label}` against base `{base.label}`, on one machine, {how['rounds']} rounds of fresh "
-        f"processes alternating base and head; {how['threads']} thread(s); a figure regressed when the whole 95% "
+        f"head `{head.label}` against base `{base.label}`, on one machine, {how['pairs']} pairs of fresh "
+        f"processes, base and head taking turns; {how['threads']} thread(s); a figure regressed when the whole 95% "
         f"interval of its change lies below {1 - how['threshold']:.2f}.",
         "",
         "| figure | base | head | head/base speed | 95% interval | verdict |",
@@ -345,7 +377,7 @@ def run(args: argparse.Namespace) -> tuple[list[Change], dict, Tree, Tree]:
                 f"built in {time.monotonic() - t0:.0f} s; measuring base and head {mode(args.threads)}",
                 highlight=False,
             )
-            limits = (args.min_rounds, args.max_rounds, args.rounds_cap)
+            limits = (args.min_pairs, args.max_pairs, args.rounds_cap)
             result, how = rounds(base, head, args.threads, args.threshold, inject, limits)
     how.update(threshold=args.threshold, injected=inject)
     return result, how, base, head
@@ -362,8 +394,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--markdown", type=Path, metavar="FILE", help="also write the verdict as Markdown (CI summary)"
     )
-    p.add_argument("--min-rounds", type=int, default=MIN_ROUNDS, help=argparse.SUPPRESS)
-    p.add_argument("--max-rounds", type=int, default=MAX_ROUNDS, help=argparse.SUPPRESS)
+    p.add_argument("--min-pairs", type=int, default=MIN_PAIRS, help=argparse.SUPPRESS)
+    p.add_argument("--max-pairs", type=int, default=MAX_PAIRS, help=argparse.SUPPRESS)
     p.add_argument("--rounds-cap", type=float, default=ROUNDS_CAP_S, help=argparse.SUPPRESS)
     p.add_argument(
         "--inject-slowdown",

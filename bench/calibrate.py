@@ -6,17 +6,17 @@ against itself), and how often it flags one that is (a known slowdown injected i
     python -m bench.calibrate --replay calibration.json --slowdowns 0.05:1000 0.20:1000 --aa 1000
 
 REF (--against, default HEAD) is checked out and both trees' exports are built once, as the check does; then
-each repetition is one check's interleaved rounds (bench/against.py rounds(), the same stopping rule), fresh
-for every repetition. Run it from a clean tree for A/A: head is the working tree. The table gives, per
-slowdown, the checks that flagged at least one figure (A/A: false alarms), the figures flagged over all
-figure-checks, the fewest checks that flagged any one figure (its power, the weakest figure's), the checks left
-undecided (exit 75), and the rounds and minutes they took, with the contention the machine had meanwhile.
+each repetition is one check's rounds (bench/against.py rounds(), the same stopping rule), fresh for every
+repetition. Run it from a clean tree for A/A: head is the working tree. The table gives, per slowdown, the
+checks that flagged at least one figure (A/A: false alarms), the figures flagged over all figure-checks, the
+fewest checks that flagged any one figure (its power, the weakest figure's), the checks left undecided (exit
+75), and the pairs and minutes they took, with the contention the machine had meanwhile.
 
---replay FILE runs no process: it replays checks from the rounds a calibration measured (its A/A checks' base
-and head figures, round by round), drawing rounds at random (with replacement, all figures of a round together,
-so that what a round's load did to all of them stays together), a slowdown applied to head's figures as
---inject-slowdown would, and the check's rule (MIN_ROUNDS to MAX_ROUNDS, stop when no interval holds
-1 - threshold; no time cap). More checks than a machine can run in hours, at the price of reusing the same rounds.
+--replay FILE runs no process: it replays checks from the pairs a calibration measured (each A/A pair's change
+of every figure), drawing pairs at random (with replacement, all figures of a pair together, so that what a
+moment of the machine did to all of them stays together), a slowdown applied to head as --inject-slowdown
+would, and the check's rule (MIN_PAIRS to MAX_PAIRS, stop when no interval holds 1 - threshold; no time cap).
+More checks than a machine can run in hours, at the price of reusing the same pairs.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "figure_checks": len(mine) * len(figures),
                 "weakest": min(flagged.items(), key=lambda kv: kv[1]) if flagged else None,
                 "undecided": sum(any(v == stats.UNDECIDED for v in r["verdicts"].values()) for r in mine),
-                "rounds": [min(r["rounds"] for r in mine), max(r["rounds"] for r in mine)],
+                "pairs": [min(r["pairs"] for r in mine), max(r["pairs"] for r in mine)],
                 "minutes": sum(r["seconds"] for r in mine) / len(mine) / 60,
                 "contention": [min(r["contention"][0] for r in mine), max(r["contention"][1] for r in mine)],
             }
@@ -89,7 +89,7 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = "| slowdown | checks | checks flagging | figures flagged | weakest figure | undecided | rounds | min/check | contention |"
+    head = "| slowdown | checks | checks flagging | figures flagged | weakest figure | undecided | pairs | min/check | contention |"
     out.print(head, highlight=False, soft_wrap=True)
     out.print("|" + " --- |" * 9, highlight=False)
     for r in rows:
@@ -101,7 +101,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['figures_flagged']}/{r['figure_checks']}",
             weakest,
             str(r["undecided"]),
-            f"{r['rounds'][0]}-{r['rounds'][1]}",
+            f"{r['pairs'][0]}-{r['pairs'][1]}",
             f"{r['minutes']:.1f}" if r["minutes"] else "replayed",
             f"{r['contention'][0]:.0%}-{r['contention'][1]:.0%}" if r["minutes"] else "-",
         ]
@@ -137,43 +137,31 @@ def replay(args: argparse.Namespace, seed: int = 0) -> int:
     import numpy as np
 
     runs = read_json(args.replay, CALIBRATION_SCHEMA, max_bytes=MAX_CALIBRATION_BYTES)["runs"]
-    rounds = []  # one dict per measured A/A round: figure -> (base, head)
-    for run in (r for r in runs if r["slowdown"] == 0 and r.get("pairs")):
-        # None for a side: it lacked the figure; None for a value: that round failed
-        series = {n: (b or [], h or []) for n, (b, h) in run["pairs"].items()}
-        measured = max((min(len(b), len(h)) for b, h in series.values()), default=0)
-        for i in range(min(run["rounds"], measured)):
-            pairs = {n: (b[i], h[i]) for n, (b, h) in series.items() if i < len(b) and i < len(h)}
-            rounds.append({n: p for n, p in pairs.items() if p[0] and p[1]})
-    if len(rounds) < against.MIN_ROUNDS:
+    pairs = []  # one dict per measured A/A pair: figure -> its change head/base
+    for run in (r for r in runs if r["slowdown"] == 0):
+        series = run["changes_by_pair"]
+        for i in range(max((len(v) for v in series.values()), default=0)):
+            pairs.append({n: v[i] for n, v in series.items() if i < len(v) and v[i]})  # None: it failed
+    if len(pairs) < against.MIN_PAIRS:
         raise UserError(
-            f"{args.replay} holds {len(rounds)} A/A rounds; at least {against.MIN_ROUNDS} are needed"
+            f"{args.replay} holds {len(pairs)} A/A pairs; at least {against.MIN_PAIRS} are needed"
         )
     rng = np.random.default_rng(seed)
     replayed = []
     for slowdown in plan(args.aa, args.slowdowns):
-        drawn = [rounds[i] for i in rng.integers(0, len(rounds), against.MAX_ROUNDS)]
-        for n in range(against.MIN_ROUNDS, against.MAX_ROUNDS + 1):
+        drawn = [pairs[i] for i in rng.integers(0, len(pairs), against.MAX_PAIRS)]
+        for n in range(against.MIN_PAIRS, against.MAX_PAIRS + 1):
             verdicts = {}
-            for name in sorted({f for r in drawn for f in r}):  # a failed round lacks some
-                # a slower head: its times longer, its rates lower, by the slowdown
-                ratios = [
-                    b / (h * (1 + slowdown)) if name.startswith("latency/") else h / (1 + slowdown) / b
-                    for b, h in (r[name] for r in drawn[:n] if name in r)
-                ]
+            for name in sorted({f for p in drawn for f in p}):  # a failed pair lacks some
+                # a slower head: each of its calls (steps) longer by the slowdown, its speed lower
+                ratios = [p[name] / (1 + slowdown) for p in drawn[:n] if name in p]
                 verdicts[name] = stats.decide(stats.ratio_ci(ratios), args.threshold)
             if not set(verdicts.values()) & set(stats.OPEN):
                 break
         replayed.append(
-            {
-                "slowdown": slowdown,
-                "verdicts": verdicts,
-                "rounds": n,
-                "seconds": 0.0,
-                "contention": [0.0, 0.0],
-            }
+            {"slowdown": slowdown, "verdicts": verdicts, "pairs": n, "seconds": 0.0, "contention": [0.0, 0.0]}
         )
-    out.print(f"replayed from {len(rounds)} measured A/A rounds of {args.replay}", highlight=False)
+    out.print(f"replayed from {len(pairs)} measured A/A pairs of {args.replay}", highlight=False)
     print_table(summarize(replayed))
     return 0
 
@@ -182,7 +170,7 @@ def calibrate(args: argparse.Namespace) -> int:
     order = plan(args.aa, args.slowdowns)
     runs: list[dict] = []
     commit = against.resolve(args.against)
-    limits = (against.MIN_ROUNDS, against.MAX_ROUNDS, against.ROUNDS_CAP_S)
+    limits = (against.MIN_PAIRS, against.MAX_PAIRS, against.ROUNDS_CAP_S)
     with against.sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="mnist-zoo-calibrate-") as tmp:
         tmp = Path(tmp)
         with against.checked_out(commit, tmp / "base") as where:
@@ -201,11 +189,12 @@ def calibrate(args: argparse.Namespace) -> int:
                         "slowdown": slowdown,
                         "verdicts": {c.name: c.verdict for c in result},
                         "changes": {c.name: [c.change, c.ci] for c in result},
-                        "pairs": {n: [base.values.get(n), head.values.get(n)] for n in head.values},
+                        "changes_by_pair": {n: by_pair(base, head, n) for n in head.values},
                         "rounds": how["rounds"],
+                        "pairs": how["pairs"],
                         "seconds": time.monotonic() - t0,
                         "contention": how["contention"],
-                        "side_by_side": how["side_by_side"],
+                        "lanes": how["lanes"],
                     }
                 )
                 flagged = [c.name for c in result if c.verdict == stats.REGRESSED]
@@ -219,20 +208,24 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-# What --replay reads: a file as save() writes it. Values are seconds or rates (positive), None where a round
-# failed; pairs[figure] is [base's values, head's values], None for a side without that figure.
-_VALUES = {"type": ["array", "null"], "items": {"type": ["number", "null"], "exclusiveMinimum": 0}}
+def by_pair(base: against.Tree, head: against.Tree, name: str) -> list[float | None]:
+    """Figure `name`'s change head/base in each pair (None where one side failed), as the check takes it."""
+    unit = "images/s" if name.startswith("training/") else "s"
+    pairs = zip(base.slices.get(name, []), head.slices.get(name, []), strict=False)
+    return [against.pair_change(b, h, unit) if b and h else None for b, h in pairs]
+
+
+# What --replay reads: a file as save() writes it. changes_by_pair[figure]: its change head/base in each pair
+# (positive), None where a pair failed.
+_CHANGES = {"type": "array", "items": {"type": ["number", "null"], "exclusiveMinimum": 0}}
 _RUN = {
     "type": "object",
-    "required": ["slowdown", "rounds"],
+    "required": ["slowdown", "pairs", "changes_by_pair"],
     "properties": {
         "slowdown": {"type": "number", "minimum": 0},
-        "rounds": {"type": "integer", "minimum": 0},
+        "pairs": {"type": "integer", "minimum": 0},
         "verdicts": {"type": "object", "additionalProperties": {"type": "string"}},
-        "pairs": {
-            "type": "object",
-            "additionalProperties": {"type": "array", "items": _VALUES, "minItems": 2, "maxItems": 2},
-        },
+        "changes_by_pair": {"type": "object", "additionalProperties": _CHANGES},
         "seconds": {"type": "number"},
     },
 }
@@ -241,7 +234,7 @@ CALIBRATION_SCHEMA = {
     "required": ["runs"],
     "properties": {"runs": {"type": "array", "items": _RUN}},
 }
-MAX_CALIBRATION_BYTES = 16 << 20  # a check's rounds take ~20 KB: 800 checks, days of a machine's time
+MAX_CALIBRATION_BYTES = 16 << 20  # a check's pairs take ~20 KB: 800 checks, days of a machine's time
 
 
 def save(path: Path, runs: list[dict]) -> None:

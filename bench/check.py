@@ -385,7 +385,7 @@ def floors(args: argparse.Namespace) -> tuple[list[Check], int]:
 
 
 def changes_table(result: list[against.Change], how: dict) -> Table:
-    title = f"head against base: the change of each speed (head/base; below 1, head is slower), {how['rounds']} rounds"
+    title = f"head against base: the change of each speed (head/base; below 1, head is slower), {how['pairs']} pairs"
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, caption_justify="left")
     for col in ("figure", "base", "head", "change", "95% interval", "verdict"):
         t.add_column(col, justify="left" if col in ("figure", "verdict") else "right")
@@ -448,7 +448,7 @@ def main_against(args: argparse.Namespace) -> int:
         verdict = "regressed: " + ", ".join(names) if names else f"pytest exit code {rc}"
         code = 1
     elif undecided:
-        verdict = f"machine busy: {len(undecided)} figure(s) undecided after {how['rounds']} rounds"
+        verdict = f"machine busy: {len(undecided)} figure(s) undecided after {how['pairs']} pairs"
         code = EXIT_BUSY
     else:
         verdict = f"ok: no watched figure slower than {args.threshold:.0%} beyond its interval"

@@ -17,11 +17,18 @@ on their values, and reading MNIST in every process would cost more than a round
                                 and ORT int8 (the p50 is recorded beside it)
   latency/lenet/ort-fp32/b1000  the same at batch 1000
   training/lenet                images/s of the default recipe at the QUANTILE of its step times: a short
-                                training run in each pass, TRAIN_STEPS steps timed after WARM_STEPS
+                                training run every TRAIN_EVERY passes, TRAIN_STEPS steps timed after WARM_STEPS
+Each figure also lists "slices": the QUANTILE of each slice (training: each step's images/s), in order.
 Each figure is measured in PASSES passes over all of them, SLICE_S of calls each (at least MIN_CALLS) after a
 warm-up: its calls are spread over the process's life, so that a quiet moment of the machine reaches each
-figure (the long ones, batch 1000 and training, are the most sensitive to what the other cores do). At 1
-thread the calls are timed on the thread's CPU clock (CLOCK says why), at more on the wall clock.
+figure. At 1 thread the calls are timed on the thread's CPU clock (CLOCK says why), at more on the wall clock.
+
+--turns IN OUT first|second: base and head run as a pair on the same CPUs and take turns, slice by slice (and
+step by step in training), handing over through two pipes (Turns): slice k of one and slice k of the other ran
+one after the other on the same CPU, tens of milliseconds apart, and each figure's "slices" list lets the check
+compare them pairwise. Why: on a shared host a virtual CPU runs about 1.5x slower for tens of milliseconds to
+seconds at a time (another guest on its core's other hyperthread, presumably); two processes measured at the
+same time on two CPUs, or one after the other, often see different shares of it (docs/regression-check.md).
 
 --inject F lengthens each timed call (a training step) by F of its own time, busy-waiting: a known slowdown
 of one side, to measure the check's power (bench/calibrate.py). Never used otherwise.
@@ -43,7 +50,8 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 RUNTIMES = ("eager", "torchscript", "ort-fp32", "ort-int8")
 FILES = {"torchscript": "{}.ts.pt", "ort-fp32": "{}.onnx", "ort-int8": "{}.int8.onnx"}
 SEED = 0
-PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 3, 0.03, 0.03, 10  # batch 1000 (~15 ms a call): 30 calls a process
+PASSES, SLICE_S, WARMUP_S, MIN_CALLS = 9, 0.01, 0.03, 5  # batch 1000 (~15 ms a call): 45 calls a process
+TRAIN_EVERY = 3  # passes: a training run (~0.5 s) in every third
 # timed steps per pass, after its warm-up steps: lenet's steps wander by 1.5x over a fraction of a second even
 # in CPU time, and its figure's spread between processes fell from about 5% to about 2% from 10 steps to 30
 TRAIN_MODEL, TRAIN_STEPS, WARM_STEPS = "lenet", 30, 3
@@ -182,34 +190,69 @@ def _recipe():
     return recipe_for(TRAIN_MODEL, epochs=1)
 
 
-def _training_steps(threads: int, inject: float) -> list[float]:
+def _training_steps(threads: int, inject: float, turns: Turns) -> list[float]:
     """Seconds of each of TRAIN_STEPS steps of lenet's default recipe after its first WARM_STEPS (a new
-    training run: its model, optimizer and first steps' allocations), each step lengthened by `inject`."""
+    training run: its model, optimizer and first steps' allocations), each step lengthened by `inject`; with a
+    partner, the two runs take turns step by step."""
     import torch
 
     from mnist_zoo.train import train
 
     recipe = _recipe()
     split = _images((WARM_STEPS + TRAIN_STEPS) * recipe.batch_size)
-    stamps: list[float] = []
-    waited = [0.0]
-
+    steps: list[float] = []
     clock = CLOCK["clock"]
+    started = [clock()]
 
-    def on_step(info: dict) -> None:  # called after every step: the clock between two calls is one step
-        now = clock()
-        if stamps:  # the wait after step k counts in step k + 1's time: take it out of the step it lengthens
-            waited[0] = (now - stamps[-1] - waited[0]) * inject
-        stamps.append(now)
-        _spin(waited[0])
+    def on_step(info: dict) -> None:  # called after every step: from the turn's start to here is one step
+        took = clock() - started[0]
+        _spin(took * inject)
+        steps.append(clock() - started[0])
+        turns.done()
+        turns.wait()
+        started[0] = clock()
 
     torch.set_num_threads(threads)
     train(TRAIN_MODEL, recipe, split, seed=SEED, on_step=on_step)
-    return [b - a for a, b in zip(stamps[WARM_STEPS - 1 :], stamps[WARM_STEPS:], strict=False)]
+    return steps[WARM_STEPS:]
 
 
-def measure(artifacts: Path, threads: int, inject: float, only: list[str] | None = None) -> dict:
-    """Every watched figure this tree can produce: {name: {"value", "unit", "calls"} or {"error"}}."""
+class Turns:
+    """Taking turns with a partner process on the same CPU: wait() blocks until the partner hands over (a
+    byte on `inbox`), done() hands over (a byte on `outbox`); one byte is ever in flight. Once the partner has
+    ended (its end of the pipe closed), neither blocks. Without pipes (no partner), both do nothing."""
+
+    def __init__(self, fds: tuple[int, int] | None = None, first: bool = True):
+        self.inbox, self.outbox = fds or (None, None)
+        self.first = first
+
+    def begin(self) -> None:
+        """Ready: the second hands the first its first turn, so neither times a call while the other sets up."""
+        if not self.first:
+            self.done()
+
+    def wait(self) -> None:
+        if self.inbox is not None and not os.read(self.inbox, 1):
+            self.inbox = None  # the partner has ended
+
+    def done(self) -> None:
+        if self.outbox is not None:
+            try:
+                os.write(self.outbox, b".")
+            except BrokenPipeError:  # the partner has ended
+                self.outbox = None
+
+
+def _quantile(values: list[float]) -> float:
+    return sorted(values)[int(len(values) * QUANTILE)]
+
+
+def measure(
+    artifacts: Path, threads: int, inject: float, only: list[str] | None = None, turns: Turns | None = None
+) -> dict:
+    """Every watched figure this tree can produce: {name: {"value", "unit", "calls", "slices"} or {"error"}};
+    "slices": the figure of each slice (each training run). With a partner (`turns`), every slice of calls and
+    every training step waits for its turn: the partner's slice k and this one's ran one after the other."""
     import torch
 
     from mnist_zoo import data
@@ -234,26 +277,41 @@ def measure(artifacts: Path, threads: int, inject: float, only: list[str] | None
             _calls(runs[name], WARMUP_S, 0.0, [])
         except Exception as e:
             figures[name] = {"error": _why(e)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    training, steps, failed = f"training/{TRAIN_MODEL}", [], None
-    for _ in range(PASSES):  # each figure's calls spread over the process's life, between the others'
+    slices: dict[str, list[list[float]]] = {name: [] for name in runs}
+    training, runs_steps, failed = f"training/{TRAIN_MODEL}", [], None
+    turns = turns or Turns()
+    turns.begin()
+    for i in range(PASSES):  # each figure's calls spread over the process's life, between the others'
         for name, fn in runs.items():
-            _calls(fn, SLICE_S, inject, times[name])
-        if (not only or training in only) and failed is None:
+            turns.wait()
+            slices[name].append([])
+            _calls(fn, SLICE_S, inject, slices[name][-1])
+            turns.done()
+        if (not only or training in only) and failed is None and i % TRAIN_EVERY == 0:
+            turns.wait()
             try:
-                steps += _training_steps(threads, inject)
+                runs_steps.append(_training_steps(threads, inject, turns))
             except Exception as e:
                 failed = _why(e)
-    for name, t in times.items():
-        t.sort()
-        value = t[int(len(t) * QUANTILE)]
-        figures[name] = {"value": value, "p50": t[len(t) // 2], "unit": "s", "calls": len(t)}
+            turns.done()
+    for name, parts in slices.items():
+        t = sorted(c for part in parts for c in part)
+        figures[name] = {
+            "value": _quantile(t),
+            "p50": t[len(t) // 2],
+            "unit": "s",
+            "calls": len(t),
+            "slices": [_quantile(part) for part in parts],
+        }
     if failed:
         figures[training] = {"error": failed}
-    elif steps:
-        steps.sort()
+    elif runs_steps:
         batch = _recipe().batch_size
-        figures[training] = {"value": batch / steps[int(len(steps) * QUANTILE)], "unit": "images/s"}
+        figures[training] = {
+            "value": batch / _quantile([s for run in runs_steps for s in run]),
+            "unit": "images/s",
+            "slices": [batch / s for run in runs_steps for s in run],  # steps: the partner's took turns
+        }
     return figures
 
 
@@ -264,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default: 1)")
     parser.add_argument("--inject", type=float, default=0.0, help="calibration only: slow each timed call")
     parser.add_argument("--only", nargs="*", help="measure these figures only")
+    parser.add_argument(
+        "--turns", nargs=3, metavar=("IN", "OUT", "ORDER"), help="take turns (pipes; first|second)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     CLOCK["clock"] = time.thread_time if args.threads == 1 else time.perf_counter
@@ -271,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         found = build(args.dir)
         (args.dir / "build.json").write_text(json.dumps(found))
     else:
-        found = {"figures": measure(args.dir, args.threads, args.inject, args.only), "threads": args.threads}
+        turns = (
+            Turns((int(args.turns[0]), int(args.turns[1])), args.turns[2] == "first") if args.turns else None
+        )
+        found = {
+            "figures": measure(args.dir, args.threads, args.inject, args.only, turns),
+            "threads": args.threads,
+        }
         found["clock"] = CLOCK["clock"].__name__
         import torch
 

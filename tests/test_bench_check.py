@@ -39,26 +39,31 @@ def worktrees() -> str:
 
 @pytest.fixture
 def fake_probe(monkeypatch):
-    """Replace the probe's processes: each call gives every figure with 1% noise, head slowed by `slowdown`;
-    the calls are recorded in order (side, injected slowdown)."""
-    calls: list[tuple[str, float]] = []
+    """Replace the probe's processes: each gives every figure's slices with 1% noise, head slowed by
+    `slowdown`; the processes are recorded in order (side, injected slowdown, first or second of its pair)."""
+    calls: list[tuple[str, float, str]] = []
     setting = {"slowdown": 0.0, "noise": 0.01, "fail_at": None, "pinned": []}
     rng = np.random.default_rng(0)
 
-    def one(tree, options):
-        calls.append((tree.side, float(options[options.index("--inject") + 1])))
+    def one(tree, options, order):
+        calls.append((tree.side, float(options[options.index("--inject") + 1]), order))
         if setting["fail_at"] == len(calls):
             raise KeyboardInterrupt
         slower = 1 + (setting["slowdown"] if tree.side == "head" else 0.0)
         figures = {}
         for name, (unit, value) in FIGURES.items():
-            noisy = value * rng.lognormal(0, setting["noise"])
-            figures[name] = {"value": noisy * slower if unit == "s" else noisy / slower, "unit": unit}
+            noisy = value * rng.lognormal(0, setting["noise"], 9)
+            slices = noisy * slower if unit == "s" else noisy / slower
+            figures[name] = {"value": float(np.median(slices)), "unit": unit, "slices": list(slices)}
         return {"figures": figures, "threads": 1}
 
-    def probe_(jobs):
-        setting["pinned"].append([cpus for _, _, cpus in jobs])
-        return [one(tree, options) for tree, options, _ in jobs], 0.02
+    def probe_(pairs):
+        setting["pinned"].append([cpus for _, cpus in pairs])
+        found = [
+            [one(t, o, order) for (t, o), order in zip(sides, ("first", "second"), strict=True)]
+            for sides, _ in pairs
+        ]
+        return found, 0.02
 
     monkeypatch.setattr(against, "probe", probe_)
     monkeypatch.setattr(against, "build", lambda trees: None)
@@ -71,46 +76,54 @@ def test_against_interleaves_and_flags_a_slowdown(fake_probe, tmp_path, capsys):
     verdict = tmp_path / "verdict.md"
     code = bench_main(["check", "--against", "HEAD", "--speed-only", "--markdown", str(verdict)])
     assert code == 1
-    # base, head, then head, base: each pair's order flips
-    assert [side for side, _ in calls[:4]] == ["base", "head", "head", "base"] and len(calls) % 2 == 0
+    # each pair takes turns, base first, then head first: which side goes first flips from pair to pair
+    assert [(side, order) for side, _, order in calls[:4]] == [
+        ("base", "first"),
+        ("head", "second"),
+        ("head", "first"),
+        ("base", "second"),
+    ]
+    assert len(calls) % 2 == 0
     out, err = capsys.readouterr()
     assert err.startswith("error: regressed: latency/lenet/ort-fp32/b1 0.83") and err.count("\n") == 1
     assert "training/lenet" in err and "REGRESSED" in out
     text = verdict.read_text()
     assert text.startswith("### mnist-zoo benchmark check: regressed")
     row = next(line for line in text.splitlines() if line.startswith("| latency/lenet/ort-fp32/b1 |"))
-    assert row.endswith("| REGRESSED |") and re.search(r"\| 2\d\.\d µs \| 29\.\d µs \| 0\.8\d\d \|", row), row
+    assert row.endswith("| REGRESSED |") and re.search(
+        r"\| 2\d\.\d µs \| (29|30)\.\d µs \| 0\.8\d\d \|", row
+    ), row
     assert "mnist-zoo-against-" not in worktrees()  # the temporary worktree is gone
 
 
-def test_rounds_run_side_by_side_on_swapped_cpus(fake_probe, monkeypatch):
-    calls, setting = fake_probe
+def test_pairs_take_turns_one_per_cpu(fake_probe, monkeypatch):
+    _, setting = fake_probe
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert bench_main(["check", "--against", "HEAD", "--speed-only"]) == 0
-    # each round one pair at once, the first side of the round's order on CPU 0: base, then head, then base
-    assert setting["pinned"] == [[[0], [1]]] * against.MIN_ROUNDS
-    assert [side for side, _ in calls[:4]] == ["base", "head", "head", "base"]
+    # three CPUs: three pairs a round, each on its own CPU; 6 pairs decide every figure
+    assert setting["pinned"] == [[[0], [1], [2]]] * 2
     setting["pinned"].clear()
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # one CPU: one after the other
-    assert bench_main(["check", "--against", "HEAD", "--speed-only"]) == 0
-    assert setting["pinned"] == [[None]] * (2 * against.MIN_ROUNDS)
+    assert bench_main(["check", "--against", "HEAD", "--speed-only", "--threads", "2"]) == 0
+    assert setting["pinned"] == [[[0, 1]]] * against.MIN_PAIRS  # CPUs 0 and 1: one pair of 2 threads
+    setting["pinned"].clear()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # fewer CPUs than threads: not pinned
+    assert bench_main(["check", "--against", "HEAD", "--speed-only", "--threads", "2"]) == 0
+    assert setting["pinned"] == [[None]] * against.MIN_PAIRS
 
 
 def test_against_itself_passes_and_stops_early(fake_probe, capsys):
     calls, _ = fake_probe
     assert bench_main(["check", "--against", "HEAD", "--speed-only"]) == 0
-    assert len(calls) == 2 * against.MIN_ROUNDS  # every figure decided at the first look
+    assert len(calls) == 2 * against.MIN_PAIRS  # every figure decided at the first look
     assert "ok: no watched figure slower than 5%" in capsys.readouterr().out
 
 
 def test_a_noisy_machine_is_undecided_not_a_regression(fake_probe, capsys):
     _, setting = fake_probe
     setting["noise"] = 0.2  # +-20% from one process to the next: no interval narrows enough
-    assert bench_main(["check", "--against", "HEAD", "--speed-only", "--max-rounds", "7"]) == 75
+    assert bench_main(["check", "--against", "HEAD", "--speed-only", "--max-pairs", "7"]) == 75
     err = capsys.readouterr().err
-    assert (
-        err.startswith("error: machine busy: 2 figure(s) undecided after 7 rounds") and err.count("\n") == 1
-    )
+    assert err.startswith("error: machine busy: 2 figure(s) undecided after 7 pairs") and err.count("\n") == 1
 
 
 def test_injected_slowdown_goes_to_one_side(fake_probe):
@@ -118,9 +131,8 @@ def test_injected_slowdown_goes_to_one_side(fake_probe):
     bench_main(
         ["check", "--against", "HEAD", "--speed-only", "--inject-slowdown", "0.1", "--inject-into", "base"]
     )
-    assert {s for side, s in calls if side == "base"} == {0.1} and {
-        s for side, s in calls if side == "head"
-    } == {0.0}
+    assert {s for side, s, _ in calls if side == "base"} == {0.1}
+    assert {s for side, s, _ in calls if side == "head"} == {0.0}
 
 
 def test_an_interrupted_check_removes_its_worktree(fake_probe, capsys):
@@ -148,13 +160,51 @@ def test_check_help_shows_against(capsys):
 
 
 def test_changes_name_missing_and_new_figures():
-    base = against.Tree("base", ROOT, "base", values={"a": [1.0] * 6, "b": [1.0] * 6}, errors={})
-    head = against.Tree("head", ROOT, "head", values={"a": [1.0] * 6, "c": [1.0] * 6}, errors={"b": "boom"})
+    base, head = against.Tree("base", ROOT, "base"), against.Tree("head", ROOT, "head")
+    ok, failed = {"value": 1.0, "slices": [1.0] * 3}, {"error": "boom"}
+    for i in range(6):
+        base.record({"a": ok, "b": ok}, i)
+        head.record({"a": ok, "b": failed, "c": ok}, i)
     found = {c.name: c for c in against.changes(base, head, 0.05)}
     assert found["a"].verdict == stats.OK and found["a"].ci == (1.0, 1.0)
     assert found["b"].verdict == "missing" and "boom" in found["b"].note
     assert found["c"].verdict == "new"
     assert [c.name for c in against.failed(list(found.values()))] == ["b"]
+
+
+def test_turns_alternate_and_end_with_the_partner():
+    import threading
+
+    to_a, to_b, log = os.pipe(), os.pipe(), []
+    a, b = probe.Turns((to_a[0], to_b[1]), first=True), probe.Turns((to_b[0], to_a[1]), first=False)
+
+    def side(turns, name, times):
+        turns.begin()
+        for i in range(times):
+            turns.wait()
+            log.append(f"{name}{i}")
+            turns.done()
+
+    other = threading.Thread(target=side, args=(b, "b", 2))
+    other.start()
+    side(a, "a", 2)
+    other.join()
+    assert log == ["a0", "b0", "a1", "b1"]  # the second hands over first: it is set up
+    os.close(to_a[1])  # the partner has ended (its ends closed): no more waiting, no error
+    os.close(to_b[0])
+    side(a, "a", 3)
+    assert log[-3:] == ["a0", "a1", "a2"]
+
+
+def test_a_real_pair_takes_turns(tmp_path):
+    """Two real probes of this tree, taking turns on one figure that needs no export: each reports its slices."""
+    (tmp_path / "build.json").write_text(json.dumps({"models": [], "failed": {}}))
+    tree = against.Tree("head", ROOT, "head", artifacts=tmp_path)
+    options = ["--threads", "1", "--inject", "0.0", "--only", "latency/mlp/eager/b1"]
+    (found,), _ = against.probe([([(tree, options), (tree, options)], None)])
+    for result in found:
+        figure = result["figures"]["latency/mlp/eager/b1"]
+        assert len(figure["slices"]) == probe.PASSES and min(figure["slices"]) > 0 and figure["value"] > 0
 
 
 @pytest.mark.parametrize("seconds", [2e-4, 5e-6])  # a cnn call, and one as short as mlp's in ORT
@@ -284,26 +334,17 @@ def test_sigterm_ends_a_real_check_and_removes_its_worktree():
     assert left.stdout.strip() == ""
 
 
-def test_calibration_replays_checks_from_measured_rounds(tmp_path, capsys):
+def test_calibration_replays_checks_from_measured_pairs(tmp_path, capsys):
     from bench import calibrate
 
     rng = np.random.default_rng(0)
-    rounds = 12
-    pairs = {
-        "latency/lenet/ort-fp32/b1": [list(25e-6 * rng.lognormal(0, 0.01, rounds)) for _ in "bh"],
-        "training/lenet": [list(6000 * rng.lognormal(0, 0.01, rounds)) for _ in "bh"],
-    }
-    run = {
-        "slowdown": 0.0,
-        "verdicts": {},
-        "rounds": rounds,
-        "seconds": 1.0,
-        "contention": [0, 0],
-        "pairs": pairs,
-    }
-    # as a real run can leave them: a figure only head has, a round that failed on one side
-    failed = json.loads(json.dumps({**run, "pairs": {**pairs, "latency/new/b1": [None, [1e-3] * rounds]}}))
-    failed["pairs"]["training/lenet"][0][3] = None
+    pairs = 12
+    changes = {name: list(rng.lognormal(0, 0.01, pairs)) for name in FIGURES}
+    run = {"slowdown": 0.0, "verdicts": {}, "pairs": pairs, "seconds": 1.0, "contention": [0, 0]}
+    run["changes_by_pair"] = changes
+    # as a real run can leave them: a figure only head has (no change), a pair that failed on one side
+    failed = json.loads(json.dumps({**run, "changes_by_pair": {**changes, "latency/new/b1": [None] * pairs}}))
+    failed["changes_by_pair"]["training/lenet"][3] = None
     saved = tmp_path / "calibration.json"
     calibrate.save(saved, [run, failed])  # the file as a calibration writes it
     assert calibrate.main(["--replay", str(saved), "--aa", "50", "--slowdowns", "0.2:50"]) == 0
@@ -312,7 +353,19 @@ def test_calibration_replays_checks_from_measured_rounds(tmp_path, capsys):
     assert "| 20% | 50 | 50 | 100/100 |" in table  # and every 20% slowdown found
 
 
-RUN = {"slowdown": 0.0, "rounds": 6, "pairs": {"training/lenet": [[1.0] * 6, [1.0] * 6]}}
+def test_calibration_records_each_pairs_change():
+    from bench import calibrate
+
+    base, head = against.Tree("base", ROOT, "base"), against.Tree("head", ROOT, "head")
+    base.record({"f": {"value": 2.0, "slices": [2.0, 2.0, 4.0]}}, 0)
+    head.record({"f": {"value": 2.2, "slices": [2.2, 1.8, 4.4]}}, 0)
+    base.record({"f": {"error": "boom"}}, 1)
+    head.record({"f": {"value": 2.0, "slices": [2.0]}}, 1)
+    # base time / head time slice by slice, their median; None where a side failed
+    assert calibrate.by_pair(base, head, "f") == [pytest.approx(2 / 2.2), None]
+
+
+RUN = {"slowdown": 0.0, "pairs": 6, "changes_by_pair": {"training/lenet": [1.0] * 6}}
 
 
 @pytest.mark.parametrize(
@@ -320,17 +373,23 @@ RUN = {"slowdown": 0.0, "rounds": 6, "pairs": {"training/lenet": [[1.0] * 6, [1.
     [
         (None, "No such file"),
         ("{not json", "not JSON"),
-        ('{"runs": [{"slowdown": 0.0, "rounds": NaN}]}', "runs[0].rounds is NaN, not a finite number"),
+        ('{"runs": [{"slowdown": 0.0, "pairs": NaN}]}', "runs[0].pairs is NaN, not a finite number"),
         ("[]", "the document must be object"),
         ('{"table": []}', "lacks runs"),
-        (json.dumps({"runs": [{**RUN, "rounds": "6"}]}), "runs[0].rounds must be integer"),
-        (json.dumps({"runs": [{**RUN, "rounds": 1e12}]}), "runs[0].rounds must be integer"),
-        (json.dumps({"runs": [{**RUN, "pairs": {"f": [[1.0], ["x"]]}}]}), "runs[0].pairs.f[1][0] must be"),
-        (json.dumps({"runs": [{**RUN, "pairs": {"f": [[-1.0], [1.0]]}}]}), "runs[0].pairs.f[0][0]"),
-        (json.dumps({"runs": [{**RUN, "pairs": {"f": [[1.0]]}}]}), "runs[0].pairs.f"),
+        (json.dumps({"runs": [{**RUN, "pairs": "6"}]}), "runs[0].pairs must be integer"),
+        (json.dumps({"runs": [{**RUN, "pairs": 1e12}]}), "runs[0].pairs must be integer"),
+        (
+            json.dumps({"runs": [{**RUN, "changes_by_pair": {"f": ["x"]}}]}),
+            "runs[0].changes_by_pair.f[0] must",
+        ),
+        (json.dumps({"runs": [{**RUN, "changes_by_pair": {"f": [-1.0]}}]}), "runs[0].changes_by_pair.f[0]"),
+        (json.dumps({"runs": [{"slowdown": 0.0, "pairs": 6}]}), "lacks changes_by_pair"),
         (json.dumps({"runs": [RUN]}) + " " * (16 << 20), "larger than"),
-        (json.dumps({"runs": [{**RUN, "rounds": 10**12, "pairs": {"f": [[1.0] * 2] * 2}}]}), "holds 2 A/A"),
-        (json.dumps({"runs": [{**RUN, "slowdown": 0.1}]}), "holds 0 A/A rounds"),
+        (
+            json.dumps({"runs": [{**RUN, "pairs": 10**12, "changes_by_pair": {"f": [1.0] * 2}}]}),
+            "holds 2 A/A",
+        ),
+        (json.dumps({"runs": [{**RUN, "slowdown": 0.1}]}), "holds 0 A/A pairs"),
     ],
 )
 def test_calibration_replay_refuses_a_bad_file_in_one_line(tmp_path, capsys, text, says):

@@ -85,15 +85,15 @@ def test_decide_by_hand():
 
 
 def _simulated_checks(slowdown: float, noise: float, checks: int, figures: int = 18, seed: int = 3) -> tuple:
-    """Checks as bench/against.py runs them: a pair of fresh processes per round, each figure's change
-    lognormal around 1 / (1 + slowdown) with `noise` spread between processes, rounds from MIN_ROUNDS until
-    no interval holds 1 - threshold, or MAX_ROUNDS. Returns (checks flagging any figure, share of figures flagged,
+    """Checks as bench/against.py runs them: pairs of fresh processes, each figure's change
+    lognormal around 1 / (1 + slowdown) with `noise` spread between processes, pairs from MIN_PAIRS until
+    no interval holds 1 - threshold, or MAX_PAIRS. Returns (checks flagging any figure, share of figures flagged,
     checks left undecided)."""
     rng = np.random.default_rng(seed)
     flagging, flagged, undecided = 0, 0, 0
     for _ in range(checks):
-        changes = rng.lognormal(-np.log1p(slowdown), noise, size=(figures, against.MAX_ROUNDS))
-        for n in range(against.MIN_ROUNDS, against.MAX_ROUNDS + 1):
+        changes = rng.lognormal(-np.log1p(slowdown), noise, size=(figures, against.MAX_PAIRS))
+        for n in range(against.MIN_PAIRS, against.MAX_PAIRS + 1):
             verdicts = [stats.decide(stats.ratio_ci(c[:n]), 0.05) for c in changes]
             if not set(verdicts) & set(stats.OPEN):
                 break
