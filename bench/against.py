@@ -212,7 +212,13 @@ def build(trees: list[Tree]) -> None:
             stack.callback(_end, proc)
             running.append((tree, proc, log))
         for tree, proc, log in running:
-            if proc.wait(timeout=PROBE_TIMEOUT_S) != 0:
+            try:
+                code = proc.wait(timeout=PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise UserError(
+                    f"building the exports of {tree.side} ({tree.label}) ran over {PROBE_TIMEOUT_S} s"
+                ) from None
+            if code != 0:
                 log.seek(0)
                 last = (log.read().strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
                 raise UserError(f"building the exports of {tree.side} ({tree.label}) failed: {last}")

@@ -28,6 +28,7 @@ from bench import against, probe, stats
 from bench.__main__ import main as bench_main
 from bench.conftest import DEFAULT_COLUMNS, OUR_COLUMNS, narrow_columns
 from bench.results import derive
+from mnist_zoo.util import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"latency/lenet/ort-fp32/b1": ("s", 25e-6), "training/lenet": ("images/s", 6000.0)}
@@ -194,6 +195,13 @@ def test_turns_alternate_and_end_with_the_partner():
     os.close(to_b[0])
     side(a, "a", 3)
     assert log[-3:] == ["a0", "a1", "a2"]
+
+
+def test_a_build_that_runs_over_its_time_is_one_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(against, "PROBE_TIMEOUT_S", 0.01)
+    tree = against.Tree("base", ROOT, "base", artifacts=tmp_path)
+    with pytest.raises(UserError, match=r"building the exports of base \(base\) ran over 0.01 s"):
+        against.build([tree])
 
 
 def test_a_real_pair_takes_turns(tmp_path):
