@@ -230,10 +230,16 @@ def _end(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def pair_change(base: list[float], head: list[float], unit: str) -> float:
-    """One pair's change head/base of a speed: the median over its slices, each head's slice against base's
-    slice taken just before or after it on the same CPU (base time / head time, or head rate / base rate)."""
-    return statistics.median(x / y if unit == "s" else y / x for x, y in zip(base, head, strict=False))
+def pair_changes(base: Tree, head: Tree, name: str) -> list[float | None]:
+    """Figure `name`'s change head/base of its speed in each pair (None where a side failed): the median over
+    the pair's slices, each head's slice against base's taken just before or after it on the same CPU (base
+    time / head time, or head rate / base rate)."""
+    rate = name.startswith("training/")
+    pairs = zip(base.slices.get(name, []), head.slices.get(name, []), strict=False)
+    return [
+        statistics.median(y / x if rate else x / y for x, y in zip(b, h, strict=False)) if b and h else None
+        for b, h in pairs
+    ]
 
 
 def changes(base: Tree, head: Tree, threshold: float) -> list[Change]:
@@ -250,8 +256,7 @@ def changes(base: Tree, head: Tree, threshold: float) -> list[Change]:
             why = base.errors.get(name, "not measured")
             found.append(Change(name, unit, None, _median(h), None, None, "new", 0, f"base: {why}"))
             continue
-        pairs = zip(base.slices.get(name, []), head.slices.get(name, []), strict=False)
-        ratios = [pair_change(x, y, unit) for x, y in pairs if x and y]
+        ratios = [r for r in pair_changes(base, head, name) if r]
         ci = stats.ratio_ci(ratios)
         change = _median(ratios)
         found.append(

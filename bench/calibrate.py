@@ -189,7 +189,7 @@ def calibrate(args: argparse.Namespace) -> int:
                         "slowdown": slowdown,
                         "verdicts": {c.name: c.verdict for c in result},
                         "changes": {c.name: [c.change, c.ci] for c in result},
-                        "changes_by_pair": {n: by_pair(base, head, n) for n in head.values},
+                        "changes_by_pair": {n: against.pair_changes(base, head, n) for n in head.values},
                         "rounds": how["rounds"],
                         "pairs": how["pairs"],
                         "seconds": time.monotonic() - t0,
@@ -206,13 +206,6 @@ def calibrate(args: argparse.Namespace) -> int:
                     save(args.json, runs)
     print_table(summarize(runs))
     return 0
-
-
-def by_pair(base: against.Tree, head: against.Tree, name: str) -> list[float | None]:
-    """Figure `name`'s change head/base in each pair (None where one side failed), as the check takes it."""
-    unit = "images/s" if name.startswith("training/") else "s"
-    pairs = zip(base.slices.get(name, []), head.slices.get(name, []), strict=False)
-    return [against.pair_change(b, h, unit) if b and h else None for b, h in pairs]
 
 
 # What --replay reads: a file as save() writes it. changes_by_pair[figure]: its change head/base in each pair

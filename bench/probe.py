@@ -251,7 +251,7 @@ def measure(
     artifacts: Path, threads: int, inject: float, only: list[str] | None = None, turns: Turns | None = None
 ) -> dict:
     """Every watched figure this tree can produce: {name: {"value", "unit", "calls", "slices"} or {"error"}};
-    "slices": the figure of each slice (each training run). With a partner (`turns`), every slice of calls and
+    "slices": the figure of each slice (training: each step's images/s). With a partner (`turns`), every slice of calls and
     every training step waits for its turn: the partner's slice k and this one's ran one after the other."""
     import torch
 

@@ -362,16 +362,14 @@ def test_calibration_replays_checks_from_measured_pairs(tmp_path, capsys):
     assert "| 20% | 50 | 50 | 100/100 |" in table  # and every 20% slowdown found
 
 
-def test_calibration_records_each_pairs_change():
-    from bench import calibrate
-
+def test_each_pairs_change_is_the_median_of_its_slice_ratios():
     base, head = against.Tree("base", ROOT, "base"), against.Tree("head", ROOT, "head")
     base.record({"f": {"value": 2.0, "slices": [2.0, 2.0, 4.0]}}, 0)
     head.record({"f": {"value": 2.2, "slices": [2.2, 1.8, 4.4]}}, 0)
     base.record({"f": {"error": "boom"}}, 1)
     head.record({"f": {"value": 2.0, "slices": [2.0]}}, 1)
     # base time / head time slice by slice, their median; None where a side failed
-    assert calibrate.by_pair(base, head, "f") == [pytest.approx(2 / 2.2), None]
+    assert against.pair_changes(base, head, "f") == [pytest.approx(2 / 2.2), None]
 
 
 RUN = {"slowdown": 0.0, "pairs": 6, "changes_by_pair": {"training/lenet": [1.0] * 6}}
