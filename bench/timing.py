@@ -14,8 +14,10 @@ to fit in the cap). After each segment the 95% interval of the median is taken o
 CI_TARGET of the p50 (`stopped: "precise"`), or when the timed calls have used `cap_s` (`"time cap"`; never
 before MIN_SEGMENTS segments and `min_rounds` calls, so that every row has an interval) or MAX_ROUNDS calls. A row that stopped at its cap with a wider interval is marked
 `uncertain` in the tables. With a `reference`, each segment comes right after a segment of reference calls
-(A B A B ...): the speed-up is the median over these pairs of median(reference) / median(timed), its interval
-is over the pairs, and sampling also waits for that interval to reach CI_TARGET.
+(A B A B ...) of about the same duration (not the same number of calls: eager at batch 1 is often 5x slower than
+the runtime it is set against, and equal counts spent most of a row on the reference): the speed-up is the
+median over these pairs of median(reference) / median(timed), its interval is over the pairs, and sampling also
+waits for that interval to reach CI_TARGET.
 
 With more than one thread, each side's thread pool keeps spinning for a while after its calls, on the cores the
 other side needs: measured here (lenet, 2 threads), ONNX Runtime called right after PyTorch eager took 41 ms at
@@ -119,10 +121,11 @@ def measure(
     (mnist_zoo.cpu.Contention), and with a reference `speedup_paired`, `speedup_paired_ci` and the reference's
     p50. The single calls' times become pytest-benchmark's samples (its table, its JSON)."""
     estimate = warm_up(fn)
-    if reference is not None:
-        warm_up(reference)
+    reference_estimate = warm_up(reference) if reference is not None else 0.0
     # at least MIN_SEGMENTS segments within the cap, when the calls are short enough
-    segment = segment_calls(estimate, min(SETTLED_SEGMENT_S if settle_s else SEGMENT_S, cap_s / MIN_SEGMENTS))
+    segment_s = min(SETTLED_SEGMENT_S if settle_s else SEGMENT_S, cap_s / MIN_SEGMENTS)
+    segment = segment_calls(estimate, segment_s)
+    reference_segment = segment_calls(reference_estimate, segment * estimate)  # as long as fn's
     timed: list[list[float]] = []
     references: list[list[float]] = []
     state = {"stopped": "max rounds"}
@@ -151,7 +154,7 @@ def measure(
                 return
             if reference is not None:
                 settle(reference)
-                references.append(_timed(reference, segment))
+                references.append(_timed(reference, reference_segment))
                 settle(fn)
             timed.append(_timed(fn, segment))
             spent += sum(timed[-1])
@@ -171,7 +174,9 @@ def measure(
         out["speedup_paired"] = float(np.median(ratios))
         out["speedup_paired_ci"] = list(interval) if interval else None
         out["reference_p50_s"] = float(np.median(np.concatenate(references)))
-        out["pairing"] = f"{len(references)} segments of {segment} call(s), reference first"
+        out["pairing"] = (
+            f"{len(references)} segments of {segment} call(s), each after {reference_segment} of the reference"
+        )
         out["settle_s"] = settle_s
     return out
 

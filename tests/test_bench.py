@@ -397,11 +397,18 @@ def test_measure_stops_when_precise_or_at_its_cap():
 
 
 def test_interleaved_measure_gives_the_paired_speedup():
-    bench = FakeBenchmark()
+    bench, calls = FakeBenchmark(), {"fn": 0, "reference": 0}
+
+    def call(side: str, seconds: float) -> None:
+        calls[side] += 1
+        time.sleep(seconds)
+
     stats = timing.measure(
-        bench, lambda: time.sleep(0.001), batch=1, cap_s=0.1, reference=lambda: time.sleep(0.004)
+        bench, lambda: call("fn", 0.001), batch=1, cap_s=0.1, reference=lambda: call("reference", 0.004)
     )
     assert 3 < stats["speedup_paired"] < 4.5 and stats["reference_p50_s"] >= 0.004
+    # the reference's segments last about as long as the timed ones: a quarter of the calls, not as many
+    assert calls["reference"] < calls["fn"] / 2
     low, high = stats["speedup_paired_ci"]
     assert low <= stats["speedup_paired"] <= high and "segments" in stats["pairing"]
     # settling (multi-threaded rows): a pause and an untimed call before each side's segment, same ratio
