@@ -281,6 +281,7 @@ def rounds(
     """Rounds of pairs until every figure is decided (or the limits): the changes and how it went."""
     least, most, cap = limits
     start, shares, cpus, pairs, done = time.monotonic(), [], lanes(threads), 0, 0
+    allocators = set()
     while pairs < most:
         jobs = []
         for lane in cpus[: most - pairs]:
@@ -295,6 +296,7 @@ def rounds(
         for (sides, _), found in zip(jobs, results, strict=True):
             for (tree, _), result in zip(sides, found, strict=True):
                 tree.record(result["figures"], pairs)
+                allocators.add(result.get("allocator", "unknown"))
             pairs += 1
         done += 1
         result = changes(base, head, threshold)
@@ -304,7 +306,7 @@ def rounds(
         if time.monotonic() - start > cap and pairs >= least:  # never without an interval
             break
     how = {"rounds": done, "pairs": pairs, "seconds": time.monotonic() - start, "threads": threads}
-    how["lanes"] = cpus
+    how["lanes"], how["allocator"] = cpus, sorted(allocators)
     how["contention"] = [min(shares), max(shares)] if shares else None
     return changes(base, head, threshold), how
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -213,6 +214,9 @@ def test_a_real_pair_takes_turns(tmp_path):
     for result in found:
         figure = result["figures"]["latency/mlp/eager/b1"]
         assert len(figure["slices"]) == probe.PASSES and min(figure["slices"]) > 0 and figure["value"] > 0
+        # the allocator's thresholds are fixed wherever the C library is glibc (probe.steady_allocator)
+        glibc = platform.libc_ver()[0] == "glibc"
+        assert result["allocator"] == ("glibc, fixed thresholds" if glibc else "as the C library sets it")
 
 
 @pytest.mark.parametrize("seconds", [2e-4, 5e-6])  # a cnn call, and one as short as mlp's in ORT
