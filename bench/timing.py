@@ -8,12 +8,13 @@ does not: p50, p90, p99 and the 95% confidence interval of the p50.
     >>> stats["speedup_paired"], stats["speedup_paired_ci"]
 
 One call per sample, so the percentiles are percentiles of single calls, not of averages over loops. The calls
-come in segments of about SEGMENT_S (an odd number of calls each, and short enough for MIN_SEGMENTS of them
-to fit in the cap). After each segment the 95% interval of the median is taken over the segments' medians
+come in segments of about SEGMENT_S (an odd number of calls each, short enough for MIN_SEGMENTS of them to fit
+in the cap, and for twice as many in MAX_ROUNDS calls: a call of a few microseconds would otherwise fill
+MAX_ROUNDS in fewer segments than an interval needs). After each segment the 95% interval of the median is taken over the segments' medians
 (bench/stats.py says why not over the single calls), and sampling stops once its half-width is at most
 CI_TARGET of the p50 (`stopped: "precise"`), or when the timed calls have used `cap_s` (`"time cap"`; never
-before MIN_SEGMENTS segments and `min_rounds` calls, so that every row has an interval) or MAX_ROUNDS calls. A row that stopped at its cap with a wider interval is marked
-`uncertain` in the tables. With a `reference`, each segment comes right after a segment of reference calls
+before MIN_SEGMENTS segments and `min_rounds` calls, so that every row has an interval) or MAX_ROUNDS calls.
+A row that stopped at its cap with a wider interval is marked `uncertain` in the tables. With a `reference`, each segment comes right after a segment of reference calls
 (A B A B ...) of about the same duration (not the same number of calls: eager at batch 1 is often 5x slower than
 the runtime it is set against, and equal counts spent most of a row on the reference): the speed-up is the
 median over these pairs of median(reference) / median(timed), its interval is over the pairs, and sampling also
@@ -124,7 +125,7 @@ def measure(
     reference_estimate = warm_up(reference) if reference is not None else 0.0
     # at least MIN_SEGMENTS segments within the cap, when the calls are short enough
     segment_s = min(SETTLED_SEGMENT_S if settle_s else SEGMENT_S, cap_s / MIN_SEGMENTS)
-    segment = segment_calls(estimate, segment_s)
+    segment = min(segment_calls(estimate, segment_s), MAX_ROUNDS // (2 * MIN_SEGMENTS) | 1)
     reference_segment = segment_calls(reference_estimate, segment * estimate)  # as long as fn's
     timed: list[list[float]] = []
     references: list[list[float]] = []

@@ -385,6 +385,14 @@ def test_measure_times_single_calls_after_warm_up():
     assert stats["stopped"] in ("precise", "time cap") and stats["block"] % 2 == 1
 
 
+def test_the_fastest_calls_still_get_an_interval():
+    # a call of about a microsecond: MAX_ROUNDS calls come long before the cap, in enough segments for an
+    # interval (segments sized by time alone made one segment of 20,000 calls, and no interval)
+    stats = timing.measure(FakeBenchmark(), lambda: None, batch=1, cap_s=10.0, target=0.0)
+    assert stats["stopped"] == "max rounds" and stats["segments"] >= 2 * timing.MIN_SEGMENTS
+    assert stats["p50_ci_s"] is not None and stats["rounds"] <= timing.MAX_ROUNDS + stats["block"]
+
+
 def test_measure_stops_when_precise_or_at_its_cap():
     calls = iter(range(10**9))
     steady = timing.measure(FakeBenchmark(), lambda: time.sleep(0.0005), batch=1, cap_s=5.0, target=0.5)
