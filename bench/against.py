@@ -356,7 +356,8 @@ def markdown(result: list[Change], how: dict, base: Tree, head: Tree, floors: st
         f"### mnist-zoo benchmark check: {verdict}",
         "",
         f"head `{head.label}` against base `{base.label}`, on one machine, {how['pairs']} pairs of fresh "
-        f"processes, base and head taking turns; {how['threads']} thread(s); a figure regressed when the whole 95% "
+        f"processes, base and head taking turns; {how['threads']} thread(s); the probes' allocator: "
+        f"{'; '.join(how.get('allocator') or ['not recorded'])}; a figure regressed when the whole 95% "
         f"interval of its change lies below {1 - how['threshold']:.2f}.",
         "",
         "| figure | base | head | head/base speed | 95% interval | verdict |",

@@ -414,7 +414,8 @@ def changes_table(result: list[against.Change], how: dict) -> Table:
     )
     t.caption = (
         f"regressed: the whole interval below {1 - how['threshold']:.2f}; undecided: it holds both 1 and that. "
-        f"{how['threads']} thread(s); {how['seconds']:.0f} s of rounds; {busy}."
+        f"{how['threads']} thread(s); {how['seconds']:.0f} s of rounds; {busy}; the probes' allocator: "
+        f"{'; '.join(how.get('allocator') or ['not recorded'])}."
     )
     return t
 

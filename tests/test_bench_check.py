@@ -57,7 +57,7 @@ def fake_probe(monkeypatch):
             noisy = value * rng.lognormal(0, setting["noise"], 9)
             slices = noisy * slower if unit == "s" else noisy / slower
             figures[name] = {"value": float(np.median(slices)), "unit": unit, "slices": list(slices)}
-        return {"figures": figures, "threads": 1}
+        return {"figures": figures, "threads": 1, "allocator": "glibc, fixed thresholds"}
 
     def probe_(pairs):
         setting["pinned"].append([cpus for _, cpus in pairs])
@@ -91,6 +91,7 @@ def test_against_interleaves_and_flags_a_slowdown(fake_probe, tmp_path, capsys):
     assert "training/lenet" in err and "REGRESSED" in out
     text = verdict.read_text()
     assert text.startswith("### mnist-zoo benchmark check: regressed")
+    assert "the probes' allocator: glibc, fixed thresholds;" in text  # the measuring conditions, recorded
     row = next(line for line in text.splitlines() if line.startswith("| latency/lenet/ort-fp32/b1 |"))
     assert row.endswith("| REGRESSED |") and re.search(
         r"\| 2\d\.\d µs \| (29|30)\.\d µs \| 0\.8\d\d \|", row
