@@ -32,7 +32,7 @@ same time on two CPUs, or one after the other, often see different shares of it 
 
 Each probe fixes glibc's allocator thresholds before torch loads (steady_allocator): by default glibc moves
 its mmap threshold with a process's history, so two processes of the same code kept a training step's tensors
-in different places and their steps differed by up to 20%.
+in different places and their steps differed by up to 25% (docs/regression-check.md).
 
 --inject F lengthens each timed call (a training step) by F of its own time, busy-waiting: a known slowdown
 of one side, to measure the check's power (bench/calibrate.py). Never used otherwise.

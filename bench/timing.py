@@ -10,15 +10,16 @@ does not: p50, p90, p99 and the 95% confidence interval of the p50.
 One call per sample, so the percentiles are percentiles of single calls, not of averages over loops. The calls
 come in segments of about SEGMENT_S (an odd number of calls each, short enough for MIN_SEGMENTS of them to fit
 in the cap, and for twice as many in MAX_ROUNDS calls: a call of a few microseconds would otherwise fill
-MAX_ROUNDS in fewer segments than an interval needs). After each segment the 95% interval of the median is taken over the segments' medians
-(bench/stats.py says why not over the single calls), and sampling stops once its half-width is at most
-CI_TARGET of the p50 (`stopped: "precise"`), or when the timed calls have used `cap_s` (`"time cap"`; never
-before MIN_SEGMENTS segments and `min_rounds` calls, so that every row has an interval) or MAX_ROUNDS calls.
-A row that stopped at its cap with a wider interval is marked `uncertain` in the tables. With a `reference`, each segment comes right after a segment of reference calls
-(A B A B ...) of about the same duration (not the same number of calls: eager at batch 1 is often 5x slower than
-the runtime it is set against, and equal counts spent most of a row on the reference): the speed-up is the
-median over these pairs of median(reference) / median(timed), its interval is over the pairs, and sampling also
-waits for that interval to reach CI_TARGET.
+MAX_ROUNDS in fewer segments than an interval needs). After each segment the 95% interval of the median is
+taken over the segments' medians (bench/stats.py says why not over the single calls), and sampling stops once
+its half-width is at most CI_TARGET of the p50 (`stopped: "precise"`), or when the timed calls have used
+`cap_s` (`"time cap"`; never before MIN_SEGMENTS segments and `min_rounds` calls, so that every row has an
+interval) or MAX_ROUNDS calls. A row that stopped at its cap with a wider interval is marked `uncertain` in the
+tables. With a `reference`, each segment comes right after a segment of reference calls (A B A B ...) of about
+the same duration (not the same number of calls: eager at batch 1 is often 5x slower than the runtime it is set
+against, and equal counts spent most of a row on the reference): the speed-up is the median over these pairs
+of median(reference) / median(timed), its interval is over the pairs, and sampling also waits for that interval
+to reach CI_TARGET.
 
 With more than one thread, each side's thread pool keeps spinning for a while after its calls, on the cores the
 other side needs: measured here (lenet, 2 threads), ONNX Runtime called right after PyTorch eager took 41 ms at
