@@ -349,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     CLOCK["clock"] = time.thread_time if args.threads == 1 else time.perf_counter
-    allocator = steady_allocator() and "glibc, fixed thresholds"
     if args.action == "build":
         found = build(args.dir)
         (args.dir / "build.json").write_text(json.dumps(found))
@@ -357,12 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         turns = (
             Turns((int(args.turns[0]), int(args.turns[1])), args.turns[2] == "first") if args.turns else None
         )
+        fixed = steady_allocator()  # before measure() imports torch; building times nothing
         found = {
             "figures": measure(args.dir, args.threads, args.inject, args.only, turns),
             "threads": args.threads,
         }
         found["clock"] = CLOCK["clock"].__name__
-        found["allocator"] = allocator or "as the C library sets it"
+        found["allocator"] = "glibc, fixed thresholds" if fixed else "as the C library sets it"
         import torch
 
         found["versions"] = {"torch": torch.__version__, "python": sys.version.split()[0]}
